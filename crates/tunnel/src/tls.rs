@@ -1,0 +1,1 @@
+//! TLS helpers (filled in by the TLS work).
