@@ -1,1 +1,37 @@
-//! End-to-end test support.
+//! End-to-end test support: real peers for the built binaries.
+//!
+//! # Layout
+//! - [`process`]: owned child processes (signal, wait with a deadline, kill on drop),
+//!   drained output buffers, `run` with input and a timeout.
+//! - [`sshd`]: a real OpenSSH `sshd` on `127.0.0.1:0` (inetd mode per connection) as
+//!   the VPS, with its own host key and client key.
+//! - [`haku`]: the HakuRiver 0.3.0 peer from its venv: DBs written by its models
+//!   ([`HakuDb`]), its host proxy ([`PyHostProxy`]), its `hakuriver.ssh` client, and a
+//!   ProxyCommand tunnel helper.
+//! - [`proxy`]: the built `hakuriver-ssh-proxy` ([`Proxy`], [`bin_path`]).
+//! - [`fixtures`]: a DB with one task per routing outcome and the expected replies.
+//! - [`net`]: request/reply exchanges, a refusing port, checksums, test data, timeouts.
+//!
+//! Dependencies come from `tests/setup-deps.sh`; a missing one fails the test with a hint.
+
+pub mod fixtures;
+pub mod haku;
+pub mod net;
+pub mod process;
+pub mod proxy;
+pub mod sshd;
+
+pub use haku::{
+    peer_path, run_python_client, ssh_via_tunnel, venv_dir, venv_python, HakuDb, PyHostProxy,
+};
+pub use net::{
+    connect, exchange_until_eof, random_bytes, read_line, request_tunnel, sha256_hex, with_timeout,
+    RefusedPort, IO_TIMEOUT,
+};
+pub use process::{run, LogBuffer, Process};
+pub use proxy::{
+    bin_path, hakuriver_host_config, proxy_command, run_proxy_cli, Proxy, ProxyBuilder, Signal,
+    Transport,
+};
+pub use serde_json::json;
+pub use sshd::Sshd;
