@@ -1,1 +1,29 @@
-//! x
+//! `hakuriver-ssh-proxy`: the HakuRiver Host SSH proxy.
+//!
+//! A client sends `REQUEST_TUNNEL <task_id>\n`; the proxy looks the task up in
+//! HakuRiver's SQLite database, connects to the VPS container's sshd on its runner,
+//! answers `SUCCESS\n` (or `ERROR <message>\n` and closes), then relays bytes both ways.
+//! It never sees SSH plaintext: the user's `ssh` authenticates end to end with the
+//! container.
+//!
+//! # Layout
+//! - [`config`]: HakuRiver's Host `config.toml` plus our `[ssh_proxy]` section, resolved
+//!   with command-line overrides into [`config::Settings`].
+//! - [`listener`]: binding the configured addresses, or adopting systemd's sockets.
+//! - [`directory`]: [`directory::TaskDirectory`], read-only lookups in HakuRiver's DB.
+//! - [`error`]: [`error::Refusal`], whose `Display` is the wire text after `ERROR `.
+//! - [`server`]: [`server::serve`], accept loops, the per-connection handler, drain.
+//! - [`tls`]: the serving certificate (files or self-signed) and SIGHUP reload.
+//! - [`notify`]: sd_notify readiness, status, reload, stop and watchdog messages.
+//! - [`logging`]: text, JSON or journald output.
+//! - [`cli`]: the command line and the `serve`, `check`, `fingerprint`, `health` commands.
+
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod listener;
+pub mod logging;
+pub mod notify;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,369 @@
+//! The command line: `serve` (default), `check`, `fingerprint`, `health`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hakuriver_tunnel::protocol::{self, Line, Response, MAX_RESPONSE_LINE};
+use hakuriver_tunnel::{Request, TaskId};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{self, LogFormat, Overrides, Settings};
+use crate::directory::TaskDirectory;
+use crate::listener::{self, Bound};
+use crate::server::{self, Listener, ProxyState};
+use crate::{logging, notify, tls};
+
+/// HakuRiver Host SSH proxy: routes `REQUEST_TUNNEL <task_id>` to the VPS container's sshd.
+///
+/// Reads HakuRiver's Host config.toml (`[network] host_bind_ip`, `host_ssh_proxy_port`,
+/// `[database] db_file`) and the optional `[ssh_proxy]` section; flags override both.
+#[derive(Debug, Parser)]
+#[command(name = "hakuriver-ssh-proxy", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options shared by all commands.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+/// Options shared by all commands.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// HakuRiver config file [default: $HAKURIVER_CONFIG, ~/.hakuriver/config.toml, /etc/hakuriver/config.toml]
+    #[arg(short, long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address of the main listener (overrides [network] host_bind_ip) [default: 0.0.0.0]
+    #[arg(long, global = true, value_name = "IP")]
+    pub bind: Option<String>,
+    /// Port of the main listener (overrides [network] host_ssh_proxy_port; 0: any) [default: 8002]
+    #[arg(long, global = true, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// HakuRiver's SQLite database (overrides [database] db_file)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Extra plain listener, ADDR:PORT (repeatable)
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    pub listen: Vec<String>,
+    /// Extra TLS listener, ADDR:PORT (repeatable)
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    pub tls_listen: Vec<String>,
+    /// The main listener speaks TLS
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// TLS certificate chain (PEM, leaf first); without it a self-signed one is used
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// State directory for the self-signed certificate [default: $STATE_DIRECTORY or /var/lib/hakuriver-ssh-proxy]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+    /// Log output [default: auto: journald under systemd, else text]
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// More log output (debug level)
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve tunnels (the default)
+    Serve,
+    /// Validate the config, open the database, print what would be served
+    Check,
+    /// Print the SHA-256 fingerprint of the TLS certificate, for clients to pin
+    Fingerprint,
+    /// Probe a running proxy: a real request for task 0 must be answered "Task 0 not found."
+    Health {
+        /// Proxy to probe [default: the main listener, on loopback]
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Option<String>,
+        /// Seconds to wait for the answer
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+}
+
+impl GlobalArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            bind: self.bind.clone(),
+            port: self.port,
+            db: self.db.clone(),
+            listen: self.listen.clone(),
+            tls_listen: self.tls_listen.clone(),
+            tls: self.tls,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            state_dir: self.state_dir.clone(),
+            log_format: self.log_format,
+        }
+    }
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = config::load(&cli.global.overrides()).and_then(|settings| match cli.command {
+        None | Some(Command::Serve) => serve(settings, cli.global.verbose),
+        Some(Command::Check) => check(&settings),
+        Some(Command::Fingerprint) => fingerprint(&settings),
+        Some(Command::Health { addr, timeout }) => health(&settings, addr.as_deref(), timeout),
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if tracing::dispatcher::has_been_set() {
+                tracing::error!("{e:#}");
+            }
+            eprintln!("hakuriver-ssh-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(settings: Settings, verbose: bool) -> Result<ExitCode> {
+    logging::init(settings.log_format, verbose);
+    // Before the runtime starts threads: this unsets the LISTEN_* variables.
+    let sockets = match listener::from_systemd()? {
+        Some(sockets) => {
+            info!(count = sockets.len(), "using sockets passed by systemd");
+            sockets
+        }
+        None => listener::bind_all(&settings.listeners)?,
+    };
+    let serving_cert = if sockets.iter().any(|s| s.tls) {
+        Some(tls::ServingCert::load(&settings).context("cannot set up TLS")?)
+    } else {
+        None
+    };
+    runtime()?.block_on(run(settings, sockets, serving_cert))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(
+    settings: Settings,
+    sockets: Vec<Bound>,
+    serving_cert: Option<tls::ServingCert>,
+) -> Result<()> {
+    let mut listeners = Vec::with_capacity(sockets.len());
+    for bound in sockets {
+        let addr = bound.local_addr()?;
+        let tcp = tokio::net::TcpListener::from_std(bound.socket)?;
+        let transport = if bound.tls { "tls" } else { "plain" };
+        info!(addr = %addr, transport = %transport, "listening");
+        listeners.push(Listener {
+            tcp,
+            tls: bound.tls,
+        });
+    }
+    let directory = TaskDirectory::new(&settings.db_path);
+    let first_check = {
+        let directory = directory.clone();
+        tokio::task::spawn_blocking(move || directory.count_active()).await?
+    };
+    match &first_check {
+        Ok(n) => info!(db = %settings.db_path.display(), active_vps = n, "database readable"),
+        Err(e) => warn!(error = %e, "database not readable yet; lookups will fail until it is"),
+    }
+    if let Some(cert) = &serving_cert {
+        info!(fingerprint = %cert.fingerprint(), "TLS certificate loaded");
+    }
+    let acceptor = serving_cert.as_ref().map(tls::ServingCert::acceptor);
+    let state = Arc::new(ProxyState::new(
+        directory,
+        settings.timeouts,
+        settings.limits,
+        acceptor,
+    ));
+    let shutdown = CancellationToken::new();
+    let reporting = CancellationToken::new();
+
+    tokio::spawn(handle_signals(
+        shutdown.clone(),
+        Arc::clone(&state),
+        serving_cert,
+    ));
+    tokio::spawn(notify::report(Arc::clone(&state), reporting.clone()));
+    notify::ready(&state.stats.summary());
+
+    let cut = server::serve(
+        listeners,
+        Arc::clone(&state),
+        shutdown,
+        settings.shutdown_grace,
+    )
+    .await;
+    reporting.cancel();
+    info!(cut_tunnels = cut, summary = %state.stats.summary(), "stopped");
+    Ok(())
+}
+
+async fn handle_signals(
+    shutdown: CancellationToken,
+    state: Arc<ProxyState>,
+    serving_cert: Option<tls::ServingCert>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            warn!("cannot install signal handlers; stop with SIGKILL");
+            return;
+        }
+    };
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                notify::reloading();
+                match &serving_cert {
+                    Some(cert) => match cert.reload() {
+                        Ok(fp) => info!(fingerprint = %fp, "TLS certificate reloaded"),
+                        Err(e) => warn!(error = %format!("{e:#}"), "TLS certificate reload failed; keeping the current one"),
+                    },
+                    None => info!("SIGHUP: nothing to reload (no TLS listener)"),
+                }
+                notify::ready(&state.stats.summary());
+                continue;
+            }
+        };
+        info!(signal = name, "shutting down: no new connections");
+        notify::stopping(&format!("draining: {}", state.stats.summary()));
+        shutdown.cancel();
+        return;
+    }
+}
+
+fn check(settings: &Settings) -> Result<ExitCode> {
+    match &settings.config_path {
+        Some(path) => println!("config:    {}", path.display()),
+        None => println!("config:    none (built-in defaults)"),
+    }
+    for l in &settings.listeners {
+        println!(
+            "listen:    {} ({})",
+            l.addr,
+            if l.tls { "tls" } else { "plain" }
+        );
+    }
+    if settings.any_tls() {
+        let cert = tls::ServingCert::load(settings)?;
+        println!("tls:       {}", cert.fingerprint());
+    }
+    println!("database:  {}", settings.db_path.display());
+    let active = TaskDirectory::new(&settings.db_path)
+        .count_active()
+        .with_context(|| {
+            format!(
+                "cannot read the HakuRiver database {}",
+                settings.db_path.display()
+            )
+        })?;
+    println!("active VPS tasks: {active}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fingerprint(settings: &Settings) -> Result<ExitCode> {
+    println!("{}", tls::ServingCert::load(settings)?.fingerprint());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The main listener's address as seen from this host (wildcards become loopback).
+fn local_probe_addr(settings: &Settings) -> Result<(SocketAddr, bool)> {
+    let main = settings
+        .listeners
+        .first()
+        .context("no listener configured")?;
+    let ip = match main.addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Ok((SocketAddr::new(ip, main.addr.port()), main.tls))
+}
+
+fn health(settings: &Settings, addr: Option<&str>, timeout: f64) -> Result<ExitCode> {
+    let (default_addr, tls) = local_probe_addr(settings)?;
+    let target = addr.map_or_else(|| default_addr.to_string(), str::to_owned);
+    let timeout = Duration::try_from_secs_f64(timeout).context("invalid --timeout")?;
+    let pin = if tls {
+        Some(tls::ServingCert::load(settings)?.fingerprint())
+    } else {
+        None
+    };
+    let outcome = runtime()?.block_on(async {
+        tokio::time::timeout(timeout, probe(&target, pin))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "no answer within {}s",
+                    timeout.as_secs_f64()
+                ))
+            })
+    });
+    match outcome {
+        Ok(()) => {
+            println!("healthy: {target} answered and read its database");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("unhealthy: {target}: {e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Task 0 never exists (HakuRiver's IDs are snowflakes), so a healthy proxy that can
+/// read its database answers `Task 0 not found.`; a database problem gives a
+/// different answer.
+async fn probe(target: &str, pin: Option<hakuriver_tunnel::tls::Fingerprint>) -> Result<()> {
+    let tcp = TcpStream::connect(target).await.context("cannot connect")?;
+    match pin {
+        None => probe_over(tcp).await,
+        Some(pin) => probe_over(tls::connect_pinned(tcp, pin).await?).await,
+    }
+}
+
+async fn probe_over<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<()> {
+    let mut stream = BufReader::new(stream);
+    let request = Request {
+        task_id: TaskId::try_from(0)?,
+    };
+    stream.get_mut().write_all(&request.encode()).await?;
+    stream.get_mut().flush().await?;
+    let line = match protocol::read_line(&mut stream, MAX_RESPONSE_LINE).await? {
+        Line::Complete(line) => line,
+        _ => bail!("connection closed without an answer"),
+    };
+    match protocol::parse_response(&line)? {
+        Response::Error(msg) if msg == "Task 0 not found." => Ok(()),
+        Response::Error(msg) => bail!("unexpected answer: {msg}"),
+        Response::Success => bail!("task 0 unexpectedly routed"),
+    }
+}

@@ -1,0 +1,540 @@
+//! Configuration: HakuRiver's Host `config.toml` unchanged, plus our optional
+//! `[ssh_proxy]` section, resolved with command-line overrides into [`Settings`]
+//! (no `Option`s left where a default exists).
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hakuriver_tunnel::config::{DatabaseSection, NetworkSection, Seconds, DEFAULT_PROXY_PORT};
+use serde::Deserialize;
+
+/// HakuRiver's default `[network] host_bind_ip`.
+pub const DEFAULT_BIND_IP: &str = "0.0.0.0";
+/// HakuRiver's default database location.
+pub const DEFAULT_DB_FILE: &str = "/var/lib/hakuriver/hakuriver.db";
+/// Where the proxy keeps state (the self-signed certificate) unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hakuriver-ssh-proxy";
+/// System-wide config file, read when neither `--config`, `$HAKURIVER_CONFIG` nor
+/// `~/.hakuriver/config.toml` exists.
+pub const SYSTEM_CONFIG: &str = "/etc/hakuriver/config.toml";
+/// Time a client has to send its request line (HakuRiver: 10 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the runner has to accept the TCP connection (HakuRiver: 15 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time a TLS client has to finish its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time open tunnels get to finish after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Concurrent connections, all clients together.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Concurrent connections from one client address.
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+
+/// The whole file: HakuRiver's sections we read, ours, and nothing else checked.
+#[derive(Debug, Default, Deserialize)]
+struct HostFile {
+    #[serde(default)]
+    network: NetworkSection,
+    #[serde(default)]
+    database: DatabaseSection,
+    #[serde(default)]
+    ssh_proxy: ProxySection,
+}
+
+/// `[ssh_proxy]`: our own settings. Misspelt keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxySection {
+    listen: Option<Vec<String>>,
+    request_timeout_secs: Option<Seconds>,
+    connect_timeout_secs: Option<Seconds>,
+    tls_handshake_timeout_secs: Option<Seconds>,
+    shutdown_grace_secs: Option<Seconds>,
+    idle_timeout_secs: Option<Seconds>,
+    log_format: Option<LogFormat>,
+    state_dir: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    #[serde(default)]
+    tls: TlsSection,
+}
+
+/// `[ssh_proxy.tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    enable: Option<bool>,
+    listen: Option<Vec<String>>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    names: Option<Vec<String>>,
+}
+
+/// How the daemon writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald when stderr is connected to the journal, text otherwise.
+    #[default]
+    Auto,
+    /// Human-readable lines on stderr.
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+    /// Native journald protocol with structured fields.
+    Journald,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--bind`.
+    pub bind: Option<String>,
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--db`.
+    pub db: Option<PathBuf>,
+    /// `--listen`, added to the file's list.
+    pub listen: Vec<String>,
+    /// `--tls-listen`, added to the file's list.
+    pub tls_listen: Vec<String>,
+    /// `--tls`: the main listener speaks TLS.
+    pub tls: bool,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// One address to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// Socket address (port 0: the OS picks).
+    pub addr: SocketAddr,
+    /// Whether connections start with a TLS handshake.
+    pub tls: bool,
+}
+
+/// Timeouts applied to every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Request line.
+    pub request: Duration,
+    /// Runner TCP connect.
+    pub connect: Duration,
+    /// TLS handshake.
+    pub tls_handshake: Duration,
+    /// Close a tunnel after this long without a byte either way; `None`: never.
+    pub idle: Option<Duration>,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// PEM files (chain, key), reloaded on SIGHUP.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// Generated once into the state directory.
+    SelfSigned {
+        /// Subject alternative names.
+        names: Vec<String>,
+    },
+}
+
+/// Connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Concurrent connections in total.
+    pub max_connections: usize,
+    /// Concurrent connections per client IP.
+    pub max_connections_per_ip: usize,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file read, if any.
+    pub config_path: Option<PathBuf>,
+    /// Addresses to bind when not socket-activated.
+    pub listeners: Vec<ListenSpec>,
+    /// HakuRiver's SQLite database.
+    pub db_path: PathBuf,
+    /// Per-connection timeouts.
+    pub timeouts: Timeouts,
+    /// Drain period after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Log output.
+    pub log_format: LogFormat,
+    /// State directory (self-signed certificate).
+    pub state_dir: PathBuf,
+    /// TLS certificate source (used when any listener speaks TLS).
+    pub cert: CertSource,
+    /// Connection limits.
+    pub limits: Limits,
+}
+
+impl Settings {
+    /// Whether any configured listener speaks TLS.
+    pub fn any_tls(&self) -> bool {
+        self.listeners.iter().any(|l| l.tls)
+    }
+}
+
+/// The config file to read: `--config`, `$HAKURIVER_CONFIG`, `~/.hakuriver/config.toml`
+/// if present, else `/etc/hakuriver/config.toml` if present, else none (defaults).
+pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_owned());
+    }
+    if let Some(path) =
+        std::env::var_os(hakuriver_tunnel::config::CONFIG_ENV).filter(|p| !p.is_empty())
+    {
+        return Some(PathBuf::from(path));
+    }
+    let user = hakuriver_tunnel::config::hakuriver_config_path().filter(|p| p.is_file());
+    user.or_else(|| Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.is_file()))
+}
+
+/// Reads the config file (if any) and applies the overrides.
+pub fn load(overrides: &Overrides) -> Result<Settings> {
+    let path = config_path(overrides.config.as_deref());
+    let file = match &path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            parse(&text).with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => HostFile::default(),
+    };
+    resolve(file, path, overrides)
+}
+
+fn parse(text: &str) -> Result<HostFile> {
+    // toml's message names the offending key and its line.
+    Ok(toml::from_str(text)?)
+}
+
+/// Parses and resolves config text (used by `check` and tests).
+pub fn from_str(text: &str, overrides: &Overrides) -> Result<Settings> {
+    resolve(parse(text)?, None, overrides)
+}
+
+fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Result<Settings> {
+    let HostFile {
+        network,
+        database,
+        ssh_proxy: p,
+    } = file;
+    let bind = o
+        .bind
+        .clone()
+        .or(network.host_bind_ip)
+        .unwrap_or_else(|| DEFAULT_BIND_IP.to_owned());
+    let port = o
+        .port
+        .or(network.host_ssh_proxy_port)
+        .unwrap_or(DEFAULT_PROXY_PORT);
+    let main_tls = o.tls || p.tls.enable.unwrap_or(false);
+
+    let mut listeners = vec![ListenSpec {
+        addr: resolve_addr(&bind, port)
+            .with_context(|| format!("invalid bind address {bind:?}"))?,
+        tls: main_tls,
+    }];
+    let plain = p
+        .listen
+        .unwrap_or_default()
+        .into_iter()
+        .chain(o.listen.iter().cloned());
+    let tls = p
+        .tls
+        .listen
+        .unwrap_or_default()
+        .into_iter()
+        .chain(o.tls_listen.iter().cloned());
+    for (text, is_tls) in plain.map(|t| (t, false)).chain(tls.map(|t| (t, true))) {
+        let addr = parse_listen(&text)?;
+        let spec = ListenSpec { addr, tls: is_tls };
+        if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) {
+            bail!("listen address {addr} is configured twice");
+        }
+        listeners.push(spec);
+    }
+
+    let cert = match (
+        o.tls_cert.clone().or(p.tls.cert_file),
+        o.tls_key.clone().or(p.tls.key_file),
+    ) {
+        (Some(cert), Some(key)) => CertSource::Files { cert, key },
+        (None, None) => CertSource::SelfSigned {
+            names: p.tls.names.unwrap_or_else(default_names),
+        },
+        _ => bail!("[ssh_proxy.tls] cert_file and key_file must be given together"),
+    };
+
+    let positive = |name: &str, value: Option<Seconds>, default: Duration| -> Result<Duration> {
+        let value = value.map_or(default, |s| s.0);
+        if value.is_zero() {
+            bail!("[ssh_proxy] {name} must be greater than 0");
+        }
+        Ok(value)
+    };
+    let timeouts = Timeouts {
+        request: positive(
+            "request_timeout_secs",
+            p.request_timeout_secs,
+            REQUEST_TIMEOUT,
+        )?,
+        connect: positive(
+            "connect_timeout_secs",
+            p.connect_timeout_secs,
+            CONNECT_TIMEOUT,
+        )?,
+        tls_handshake: positive(
+            "tls_handshake_timeout_secs",
+            p.tls_handshake_timeout_secs,
+            TLS_HANDSHAKE_TIMEOUT,
+        )?,
+        idle: p.idle_timeout_secs.map(|s| s.0).filter(|d| !d.is_zero()),
+    };
+    let limits = Limits {
+        max_connections: p.max_connections.unwrap_or(MAX_CONNECTIONS),
+        max_connections_per_ip: p.max_connections_per_ip.unwrap_or(MAX_CONNECTIONS_PER_IP),
+    };
+    if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
+        bail!("[ssh_proxy] max_connections and max_connections_per_ip must be greater than 0");
+    }
+    let state_dir = o
+        .state_dir
+        .clone()
+        .or(p.state_dir)
+        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|v| first_path(&v)))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+
+    Ok(Settings {
+        config_path,
+        listeners,
+        db_path: o
+            .db
+            .clone()
+            .or(database.db_file)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_FILE)),
+        timeouts,
+        shutdown_grace: p.shutdown_grace_secs.map_or(SHUTDOWN_GRACE, |s| s.0),
+        log_format: o.log_format.or(p.log_format).unwrap_or_default(),
+        state_dir,
+        cert,
+        limits,
+    })
+}
+
+/// systemd's `$STATE_DIRECTORY` may list several directories separated by `:`.
+fn first_path(value: &std::ffi::OsStr) -> PathBuf {
+    let text = value.to_string_lossy();
+    PathBuf::from(text.split(':').next().unwrap_or_default())
+}
+
+fn default_names() -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_owned());
+        }
+    }
+    names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+    names
+}
+
+/// `host_bind_ip` may be an IP or a name (HakuRiver passes it to asyncio as is).
+fn resolve_addr(host: &str, port: u16) -> Result<SocketAddr> {
+    let trimmed = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = trimmed.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("{host} resolves to no address"))
+}
+
+/// `ip:port`, `[v6]:port` or `host:port`.
+fn parse_listen(text: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = text.rsplit_once(':').with_context(|| {
+        format!("listen address {text:?} needs a port (host:port or [v6]:port)")
+    })?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("listen address {text:?} has an invalid port"))?;
+    resolve_addr(host, port).with_context(|| format!("invalid listen address {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host config as HakuRiver 0.3.0's `hakuriver.init` writes it.
+    const HAKURIVER_HOST_CONFIG: &str = r#"
+[network]
+host_bind_ip = "0.0.0.0"
+host_port = 8000
+host_ssh_proxy_port = 8002
+host_reachable_address = "192.168.1.10"
+runner_address = "127.0.0.1"
+runner_port = 8001
+
+[paths]
+shared_dir = "/mnt/cluster-share"
+local_temp_dir = "/tmp/hakuriver"
+numactl_path = ""
+
+[database]
+db_file = "/mnt/cluster-share/hakuriver-data/hakuriver.db"
+
+[timing]
+heartbeat_interval = 5
+heartbeat_timeout_factor = 6
+cleanup_check_interval = 10
+
+[environment]
+runner_user = "hakuriver"
+
+[docker]
+container_dir = "hakuriver-containers"
+default_container_name = "hakuriver-base"
+initial_base_image = "python:3.12-alpine"
+tasks_privileged = false
+additional_mounts = []
+"#;
+
+    #[test]
+    fn reads_a_hakuriver_host_config_unchanged() {
+        let s = from_str(HAKURIVER_HOST_CONFIG, &Overrides::default()).expect("valid");
+        assert_eq!(
+            s.listeners,
+            vec![ListenSpec {
+                addr: "0.0.0.0:8002".parse().expect("addr"),
+                tls: false
+            }]
+        );
+        assert_eq!(
+            s.db_path,
+            PathBuf::from("/mnt/cluster-share/hakuriver-data/hakuriver.db")
+        );
+        assert_eq!(s.timeouts.request, REQUEST_TIMEOUT);
+        assert_eq!(s.timeouts.connect, CONNECT_TIMEOUT);
+        assert_eq!(s.timeouts.idle, None);
+        assert_eq!(s.log_format, LogFormat::Auto);
+    }
+
+    #[test]
+    fn empty_file_gives_hakuriver_defaults() {
+        let s = from_str("", &Overrides::default()).expect("valid");
+        assert_eq!(s.listeners[0].addr, "0.0.0.0:8002".parse().expect("addr"));
+        assert_eq!(s.db_path, PathBuf::from(DEFAULT_DB_FILE));
+        assert!(!s.any_tls());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let o = Overrides {
+            bind: Some("127.0.0.1".into()),
+            port: Some(0),
+            db: Some("/tmp/x.db".into()),
+            listen: vec!["[::1]:0".into()],
+            tls_listen: vec!["127.0.0.1:8443".into()],
+            ..Overrides::default()
+        };
+        let s = from_str(HAKURIVER_HOST_CONFIG, &o).expect("valid");
+        assert_eq!(s.db_path, PathBuf::from("/tmp/x.db"));
+        let addrs: Vec<_> = s
+            .listeners
+            .iter()
+            .map(|l| (l.addr.to_string(), l.tls))
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                ("127.0.0.1:0".into(), false),
+                ("[::1]:0".into(), false),
+                ("127.0.0.1:8443".into(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn our_section_is_read_and_checked() {
+        let text = r#"
+[ssh_proxy]
+listen = ["[::]:8002"]
+request_timeout_secs = 0.5
+connect_timeout_secs = 2
+shutdown_grace_secs = 0
+idle_timeout_secs = 3600
+log_format = "json"
+max_connections = 10
+max_connections_per_ip = 2
+[ssh_proxy.tls]
+enable = true
+listen = ["0.0.0.0:8443"]
+cert_file = "/etc/c.pem"
+key_file = "/etc/k.pem"
+"#;
+        let s = from_str(text, &Overrides::default()).expect("valid");
+        assert_eq!(s.timeouts.request, Duration::from_millis(500));
+        assert_eq!(s.timeouts.connect, Duration::from_secs(2));
+        assert_eq!(s.timeouts.idle, Some(Duration::from_secs(3600)));
+        assert_eq!(s.shutdown_grace, Duration::ZERO);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.limits.max_connections, 10);
+        assert_eq!(s.listeners.len(), 3);
+        assert!(s.listeners[0].tls && !s.listeners[1].tls && s.listeners[2].tls);
+        assert_eq!(
+            s.cert,
+            CertSource::Files {
+                cert: "/etc/c.pem".into(),
+                key: "/etc/k.pem".into()
+            }
+        );
+    }
+
+    #[test]
+    fn misspelt_keys_are_named() {
+        let err = from_str("[ssh_proxy]\nrequest_timeout = 3\n", &Overrides::default())
+            .expect_err("unknown key");
+        assert!(format!("{err:#}").contains("request_timeout"), "{err:#}");
+        let err = from_str("[ssh_proxy.tls]\ncert = \"x\"\n", &Overrides::default())
+            .expect_err("unknown key");
+        assert!(format!("{err:#}").contains("cert"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let bad = [
+            "[ssh_proxy]\nrequest_timeout_secs = 0\n",
+            "[ssh_proxy]\nlisten = [\"nowhere\"]\n",
+            "[ssh_proxy]\nlog_format = \"xml\"\n",
+            "[ssh_proxy.tls]\ncert_file = \"/c.pem\"\n",
+            "[network]\nhost_ssh_proxy_port = 70000\n",
+            "[ssh_proxy]\nmax_connections = 0\n",
+        ];
+        for text in bad {
+            assert!(from_str(text, &Overrides::default()).is_err(), "{text}");
+        }
+    }
+}

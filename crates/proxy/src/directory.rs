@@ -1,0 +1,427 @@
+//! The task directory: HakuRiver's SQLite database, read-only.
+//!
+//! HakuRiver's Host writes the database while we read it, may restart and recreate it,
+//! and may not have created it yet when we start. So connections are opened lazily,
+//! checked against the file's identity (device, inode) before every lookup and reopened
+//! when the file was replaced, and every failure becomes a [`LookupError`] for that one
+//! request: the daemon never stops because of the database.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hakuriver_tunnel::TaskId;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::Refusal;
+
+/// How long one lookup waits for HakuRiver's writer to release a lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle connections kept for reuse.
+const POOL_SIZE: usize = 4;
+
+/// Statuses in which a VPS accepts tunnels (HakuRiver's `active_vps_statuses`).
+const ACTIVE_STATUSES: [&str; 2] = ["running", "paused"];
+
+const LOOKUP_SQL: &str = "SELECT t.task_type, t.status, t.assigned_node_id, t.ssh_port, \
+     n.hostname, n.status, n.url \
+     FROM task AS t LEFT JOIN node AS n ON n.hostname = t.assigned_node_id \
+     WHERE t.task_id = ?1";
+
+const COUNT_ACTIVE_SQL: &str =
+    "SELECT COUNT(*) FROM task WHERE task_type = 'vps' AND status IN ('running', 'paused')";
+
+/// Where a tunnel for a task goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Runner host: an IP address or a name, without brackets.
+    pub host: String,
+    /// The VPS container's published SSH port on that runner.
+    pub port: u16,
+    /// The runner's HakuRiver hostname (for messages).
+    pub node: String,
+}
+
+impl Route {
+    /// `host:port`, bracketing IPv6 addresses.
+    pub fn display_addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why the database could not answer. Logged in full; the client sees only
+/// `Internal server error during task lookup.` (HakuRiver's text).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The file does not exist (yet).
+    #[error("database {0} does not exist")]
+    Missing(PathBuf),
+    /// SQLite could not open or query it (locked too long, corrupt, not a database,
+    /// missing tables or columns).
+    #[error("database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Stat of the file failed for another reason (permissions).
+    #[error("database {path}: {source}")]
+    Io {
+        /// The database file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A read-only view of HakuRiver's task and node tables.
+#[derive(Debug, Clone)]
+pub struct TaskDirectory {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    idle: Mutex<Vec<Pooled>>,
+}
+
+#[derive(Debug)]
+struct Pooled {
+    conn: Connection,
+    identity: (u64, u64),
+}
+
+/// One row of [`LOOKUP_SQL`].
+type Row = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+impl TaskDirectory {
+    /// A directory over the database at `path`. Nothing is opened yet.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        TaskDirectory {
+            inner: Arc::new(Inner {
+                path: path.into(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Looks a task up and applies HakuRiver's rules, in HakuRiver's order. Blocking: call
+    /// it from `spawn_blocking` (see [`TaskDirectory::lookup_async`]).
+    pub fn lookup(&self, id: TaskId) -> Result<Route, Refusal> {
+        let row = self
+            .with_conn(|conn| {
+                let mut stmt = conn.prepare_cached(LOOKUP_SQL)?;
+                stmt.query_row([id.get()], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(Refusal::Database)?;
+        evaluate(id, row)
+    }
+
+    /// [`TaskDirectory::lookup`] on tokio's blocking pool, off the async workers.
+    pub async fn lookup_async(&self, id: TaskId) -> Result<Route, Refusal> {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.lookup(id)).await {
+            Ok(result) => result,
+            Err(join) => Err(Refusal::Internal(format!("lookup task failed: {join}"))),
+        }
+    }
+
+    /// Number of VPS tasks in `running` or `paused` state (for `check` and readiness).
+    pub fn count_active(&self) -> Result<u64, DbError> {
+        self.with_conn(|conn| conn.query_row(COUNT_ACTIVE_SQL, [], |r| r.get::<_, i64>(0)))
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    }
+
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, DbError> {
+        let path = &self.inner.path;
+        let identity = file_identity(path)?;
+        let pooled = {
+            let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+            // A replaced file (HakuRiver restarted and recreated it) invalidates every
+            // connection to the old inode.
+            idle.retain(|p| p.identity == identity);
+            idle.pop()
+        };
+        let pooled = match pooled {
+            Some(p) => p,
+            None => Pooled {
+                conn: open(path).map_err(|source| DbError::Sqlite {
+                    path: path.clone(),
+                    source,
+                })?,
+                identity,
+            },
+        };
+        let result = f(&pooled.conn).map_err(|source| DbError::Sqlite {
+            path: path.clone(),
+            source,
+        });
+        if result.is_ok() {
+            let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < POOL_SIZE {
+                idle.push(pooled);
+            }
+        }
+        result
+    }
+}
+
+fn file_identity(path: &Path) -> Result<(u64, u64), DbError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok((meta.dev(), meta.ino())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(DbError::Missing(path.to_owned()))
+        }
+        Err(source) => Err(DbError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    // Read-only and without creating anything: a missing file must stay missing for
+    // HakuRiver to create. SQLITE_OPEN_NO_MUTEX: each connection is used by one thread
+    // at a time (the pool hands it out under a lock).
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// HakuRiver's checks, in its order, on one joined row.
+fn evaluate(id: TaskId, row: Option<Row>) -> Result<Route, Refusal> {
+    let Some((task_type, status, assigned, ssh_port, node_name, node_status, node_url)) = row
+    else {
+        return Err(Refusal::NotFound(id));
+    };
+    if task_type.as_deref() != Some("vps") {
+        return Err(Refusal::NotVps(id));
+    }
+    let status = status.unwrap_or_default();
+    if !ACTIVE_STATUSES.contains(&status.as_str()) {
+        return Err(Refusal::Inactive(id, status));
+    }
+    let Some(assigned) = assigned.filter(|a| !a.is_empty()) else {
+        return Err(Refusal::NoNode(id));
+    };
+    let port = match ssh_port {
+        Some(p) if p > 0 => u16::try_from(p).map_err(|_| Refusal::ConnectFailed(id))?,
+        _ => return Err(Refusal::NoSshPort(id)),
+    };
+    // A dangling node reference is as unreachable as an offline node.
+    if node_status.as_deref() != Some("online") {
+        return Err(Refusal::NodeOffline(id));
+    }
+    let node = node_name.unwrap_or(assigned);
+    let host = runner_host(node_url.as_deref().unwrap_or_default())
+        .ok_or_else(|| Refusal::BadRunnerUrl(node.clone()))?;
+    Ok(Route { host, port, node })
+}
+
+/// The host part of a runner URL such as `http://10.0.0.5:8001`, `http://runner-3:8001/`,
+/// `http://[fd00::5]:8001` or `http://user@host`. HakuRiver requires the `://`.
+pub fn runner_host(url: &str) -> Option<String> {
+    let (_, rest) = url.trim().split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split_once(']')?.0
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_hosts() {
+        let cases = [
+            ("http://10.0.0.5:8001", Some("10.0.0.5")),
+            ("http://runner-3:8001/", Some("runner-3")),
+            ("http://runner-3", Some("runner-3")),
+            ("https://[fd00::5]:8001/x", Some("fd00::5")),
+            ("http://[::1]", Some("::1")),
+            ("http://user@host.example:1", Some("host.example")),
+            ("10.0.0.5:8001", None),
+            ("http://", None),
+            ("http://:8001", None),
+            ("http://[::1", None),
+            ("", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(runner_host(url).as_deref(), want, "{url}");
+        }
+    }
+
+    fn row(
+        task_type: &str,
+        status: &str,
+        node: Option<&str>,
+        port: Option<i64>,
+        node_status: Option<&str>,
+        url: &str,
+    ) -> Option<Row> {
+        Some((
+            Some(task_type.into()),
+            Some(status.into()),
+            node.map(Into::into),
+            port,
+            node_status.map(|_| node.unwrap_or("n").into()),
+            node_status.map(Into::into),
+            Some(url.into()),
+        ))
+    }
+
+    #[test]
+    fn hakurivers_rules_in_order() {
+        let id = TaskId::try_from(9).expect("id");
+        let ok = row(
+            "vps",
+            "running",
+            Some("n1"),
+            Some(2222),
+            Some("online"),
+            "http://10.1.1.1:8001",
+        );
+        assert_eq!(
+            evaluate(id, ok).ok(),
+            Some(Route {
+                host: "10.1.1.1".into(),
+                port: 2222,
+                node: "n1".into()
+            })
+        );
+        let paused = row(
+            "vps",
+            "paused",
+            Some("n1"),
+            Some(2222),
+            Some("online"),
+            "http://h:1",
+        );
+        assert!(evaluate(id, paused).is_ok());
+        let cases = [
+            (None, "Task 9 not found."),
+            (
+                row(
+                    "command",
+                    "running",
+                    Some("n1"),
+                    Some(1),
+                    Some("online"),
+                    "http://h",
+                ),
+                "Task 9 is not a VPS task.",
+            ),
+            (
+                row(
+                    "vps",
+                    "completed",
+                    Some("n1"),
+                    Some(1),
+                    Some("online"),
+                    "http://h",
+                ),
+                "VPS task 9 is not active (status: completed).",
+            ),
+            (
+                row("vps", "running", None, Some(1), None, "http://h"),
+                "VPS task 9 has no assigned node.",
+            ),
+            (
+                row(
+                    "vps",
+                    "running",
+                    Some("n1"),
+                    None,
+                    Some("online"),
+                    "http://h",
+                ),
+                "VPS task 9 has no SSH port assigned.",
+            ),
+            (
+                row(
+                    "vps",
+                    "running",
+                    Some("n1"),
+                    Some(0),
+                    Some("online"),
+                    "http://h",
+                ),
+                "VPS task 9 has no SSH port assigned.",
+            ),
+            (
+                row(
+                    "vps",
+                    "running",
+                    Some("n1"),
+                    Some(22),
+                    Some("offline"),
+                    "http://h",
+                ),
+                "Assigned node for VPS task 9 is not online.",
+            ),
+            (
+                row("vps", "running", Some("n1"), Some(22), None, "http://h"),
+                "Assigned node for VPS task 9 is not online.",
+            ),
+            (
+                row(
+                    "vps",
+                    "running",
+                    Some("n1"),
+                    Some(22),
+                    Some("online"),
+                    "n1:8001",
+                ),
+                "Error parsing runner URL for node n1.",
+            ),
+        ];
+        for (row, want) in cases {
+            assert_eq!(
+                evaluate(id, row).map_err(|e| e.to_string()),
+                Err(want.to_owned())
+            );
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! Accept loops and the per-connection handler.
+//!
+//! Nothing slow runs on an accept loop: each connection gets its own task, where the
+//! TLS handshake, the request read, the lookup (on the blocking pool) and the runner
+//! connect each run under their own timeout. Shutdown stops the accept loops first,
+//! then lets open tunnels drain for the grace period, then cuts what is left.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hakuriver_tunnel::protocol::{self, Line, Response, MAX_REQUEST_LINE, SUCCESS_LINE};
+use hakuriver_tunnel::{net::tune_tcp, relay, Request, RequestError, TaskId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{Limits, Timeouts};
+use crate::directory::{Route, TaskDirectory};
+use crate::error::Refusal;
+
+/// Pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS) so the loop does not spin
+/// while the process is out of descriptors.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a refused client gets to read its `ERROR` line before the socket closes.
+pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// A bound listening socket and what it speaks.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub tcp: TcpListener,
+    /// Whether connections start with a TLS handshake.
+    pub tls: bool,
+}
+
+/// Counters for logs and `STATUS=`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Tunnels currently relaying.
+    pub open: AtomicU64,
+    /// Tunnels opened since start.
+    pub opened: AtomicU64,
+    /// Connections refused since start.
+    pub refused: AtomicU64,
+    /// Wakes whoever reports status when a counter changed.
+    pub changed: tokio::sync::Notify,
+}
+
+impl Stats {
+    /// One line for `STATUS=` and logs.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} open tunnels, {} opened, {} refused",
+            self.open.load(Ordering::Relaxed),
+            self.opened.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// Everything a connection handler needs.
+pub struct ProxyState {
+    /// HakuRiver's database.
+    pub directory: TaskDirectory,
+    /// Per-connection timeouts.
+    pub timeouts: Timeouts,
+    /// Connection limits.
+    pub limits: Limits,
+    /// TLS acceptor for TLS listeners (its certificate resolver is reloadable).
+    pub tls: Option<TlsAcceptor>,
+    /// Counters.
+    pub stats: Stats,
+    connections: Mutex<Connections>,
+}
+
+impl std::fmt::Debug for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyState")
+            .field("directory", &self.directory)
+            .field("tls", &self.tls.is_some())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Connections {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl ProxyState {
+    /// State for [`serve`].
+    pub fn new(
+        directory: TaskDirectory,
+        timeouts: Timeouts,
+        limits: Limits,
+        tls: Option<TlsAcceptor>,
+    ) -> Self {
+        ProxyState {
+            directory,
+            timeouts,
+            limits,
+            tls,
+            stats: Stats::default(),
+            connections: Mutex::new(Connections::default()),
+        }
+    }
+
+    /// Counts a new connection against the limits, or says which limit it hit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
+        let mut c = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if c.total >= self.limits.max_connections {
+            return Err(Refusal::TooManyConnections);
+        }
+        let from_ip = c.per_ip.entry(ip).or_insert(0);
+        if *from_ip >= self.limits.max_connections_per_ip {
+            return Err(Refusal::TooManyFromPeer);
+        }
+        *from_ip += 1;
+        c.total += 1;
+        Ok(Admission {
+            state: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// A connection slot, released on drop.
+struct Admission {
+    state: Arc<ProxyState>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut c = self
+            .state
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `listeners` until `shutdown` fires, then drains open tunnels for `grace` and
+/// cuts the rest. Returns the number of tunnels cut.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    state: Arc<ProxyState>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> usize {
+    let tracker = TaskTracker::new();
+    let force = CancellationToken::new();
+    let accept_loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(accept_loop(
+                listener,
+                Arc::clone(&state),
+                tracker.clone(),
+                shutdown.clone(),
+                force.clone(),
+            ))
+        })
+        .collect();
+    for accept_loop in accept_loops {
+        // The loops end only when `shutdown` fires; their sockets close with them.
+        let _ = accept_loop.await;
+    }
+    tracker.close();
+    let open = state.stats.open.load(Ordering::Relaxed);
+    if !tracker.is_empty() {
+        info!(
+            open_tunnels = open,
+            grace_secs = grace.as_secs_f64(),
+            "draining open connections"
+        );
+    }
+    if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
+        return 0;
+    }
+    let cut = tracker.len();
+    warn!(
+        connections = cut,
+        "grace period over; closing remaining connections"
+    );
+    force.cancel();
+    tracker.wait().await;
+    cut
+}
+
+async fn accept_loop(
+    listener: Listener,
+    state: Arc<ProxyState>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            accepted = listener.tcp.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!(error = %e, "accept failed; backing off");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                }
+            }
+        };
+        let tls = listener.tls;
+        match state.admit(peer.ip()) {
+            Ok(slot) => {
+                let state = Arc::clone(&state);
+                let force = force.clone();
+                tracker.spawn(async move {
+                    handle_connection(&state, stream, peer, tls, &force).await;
+                    drop(slot);
+                });
+            }
+            Err(refusal) => {
+                state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = %peer, reason = %refusal, "connection refused");
+                if !tls {
+                    tracker.spawn(async move {
+                        let mut stream = stream;
+                        let _ = tokio::time::timeout(
+                            REFUSAL_LINGER,
+                            write_refusal(&mut stream, &refusal),
+                        )
+                        .await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Runs one client connection from its first byte to its close.
+pub async fn handle_connection(
+    state: &ProxyState,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+    force: &CancellationToken,
+) {
+    if let Err(e) = tune_tcp(&stream) {
+        debug!(peer = %peer, error = %e, "could not set socket options");
+    }
+    if !tls {
+        return tunnel(state, stream, peer, force).await;
+    }
+    let Some(acceptor) = state.tls.clone() else {
+        warn!(peer = %peer, "TLS listener without TLS configuration");
+        return;
+    };
+    match tokio::time::timeout(state.timeouts.tls_handshake, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => tunnel(state, stream, peer, force).await,
+        Ok(Err(e)) => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %peer, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn tunnel<S>(state: &ProxyState, stream: S, peer: SocketAddr, force: &CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // The reader's buffer keeps whatever the client pipelined behind its request line;
+    // the relay reads through the same BufReader, so those bytes reach the runner.
+    let mut client = BufReader::with_capacity(MAX_REQUEST_LINE, stream);
+    let mut task_id = None;
+    let opened = async {
+        let request = read_request(&mut client, state.timeouts.request).await?;
+        task_id = Some(request.task_id);
+        let route = state.directory.lookup_async(request.task_id).await?;
+        let runner = connect_runner(&route, request.task_id, state.timeouts.connect).await?;
+        Ok::<_, Refusal>((request.task_id, route, runner))
+    };
+    let opened = tokio::select! {
+        opened = opened => opened,
+        () = force.cancelled() => return,
+    };
+    let (task_id, route, mut runner) = match opened {
+        Ok(opened) => opened,
+        Err(refusal) => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            state.stats.changed.notify_one();
+            let task = task_id.map(|t| t.to_string()).unwrap_or_default();
+            match &refusal {
+                Refusal::Database(_) | Refusal::Internal(_) => {
+                    warn!(peer = %peer, task_id = %task, reason = %refusal.detail(), "tunnel refused: lookup failed")
+                }
+                _ => {
+                    info!(peer = %peer, task_id = %task, reason = %refusal.detail(), "tunnel refused")
+                }
+            }
+            let _ =
+                tokio::time::timeout(REFUSAL_LINGER, write_refusal(&mut client, &refusal)).await;
+            return;
+        }
+    };
+    if let Err(e) = tune_tcp(&runner) {
+        debug!(runner = %route.display_addr(), error = %e, "could not set socket options");
+    }
+    if let Err(e) = write_success(&mut client).await {
+        info!(peer = %peer, task_id = %task_id, error = %e, "client left before SUCCESS");
+        return;
+    }
+    let runner_addr = route.display_addr();
+    state.stats.open.fetch_add(1, Ordering::Relaxed);
+    state.stats.opened.fetch_add(1, Ordering::Relaxed);
+    state.stats.changed.notify_one();
+    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, "tunnel opened");
+    let started = Instant::now();
+    let outcome = tokio::select! {
+        outcome = relay(&mut client, &mut runner) => Some(outcome),
+        () = force.cancelled() => None,
+    };
+    state.stats.open.fetch_sub(1, Ordering::Relaxed);
+    state.stats.changed.notify_one();
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match outcome {
+        Some(outcome) => {
+            let end = match &outcome.result {
+                Ok(()) => "closed".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            info!(
+                task_id = %task_id,
+                peer = %peer,
+                runner = %runner_addr,
+                bytes_up = outcome.stats.a_to_b,
+                bytes_down = outcome.stats.b_to_a,
+                duration_ms,
+                end = %end,
+                "tunnel closed"
+            );
+        }
+        None => {
+            info!(task_id = %task_id, peer = %peer, runner = %runner_addr, duration_ms, "tunnel cut at shutdown")
+        }
+    }
+}
+
+/// Reads and parses the request line under `timeout`.
+pub async fn read_request<R>(reader: &mut R, timeout: Duration) -> Result<Request, RequestError>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    match tokio::time::timeout(timeout, protocol::read_line(reader, MAX_REQUEST_LINE)).await {
+        Err(_) => Err(RequestError::Timeout),
+        Ok(Err(_)) | Ok(Ok(Line::Eof(_))) | Ok(Ok(Line::TooLong)) => Err(RequestError::Unreadable),
+        Ok(Ok(Line::Complete(line))) => protocol::parse_request(&line),
+    }
+}
+
+async fn connect_runner(
+    route: &Route,
+    id: TaskId,
+    timeout: Duration,
+) -> Result<TcpStream, Refusal> {
+    let target = (route.host.as_str(), route.port);
+    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Err(_) => Err(Refusal::ConnectTimeout(id)),
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err(Refusal::ConnectRefused(id, route.node.clone()))
+        }
+        Ok(Err(e)) => {
+            debug!(runner = %route.display_addr(), error = %e, "runner connect failed");
+            Err(Refusal::ConnectFailed(id))
+        }
+    }
+}
+
+async fn write_success<S: AsyncWrite + Unpin>(stream: &mut S) -> io::Result<()> {
+    stream.write_all(SUCCESS_LINE).await?;
+    stream.flush().await
+}
+
+/// Sends `ERROR <message>\n`, half-closes, and reads what the client still sends until
+/// it closes (bounded by the caller's timeout), so unread input does not turn our close
+/// into a reset that could destroy the error line before the client reads it.
+async fn write_refusal<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    refusal: &Refusal,
+) -> io::Result<()> {
+    stream
+        .write_all(&Response::Error(refusal.to_string()).encode())
+        .await?;
+    stream.flush().await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0usize;
+    while drained < 64 * 1024 {
+        match stream.read(&mut sink).await? {
+            0 => break,
+            n => drained += n,
+        }
+    }
+    Ok(())
+}
