@@ -1,0 +1,621 @@
+//! In-process integration tests of `serve()`: real sockets on 127.0.0.1:0, SQLite files
+//! with HakuRiver 0.3.0's exact schema, fake runners that script their side.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hakuriver_ssh_proxy::config::{Limits, Timeouts};
+use hakuriver_ssh_proxy::directory::TaskDirectory;
+use hakuriver_ssh_proxy::server::{serve, Listener, ProxyState};
+use rusqlite::Connection;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `sqlite3 hakuriver.db .schema` of a database made by HakuRiver 0.3.0.
+const HAKURIVER_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS "node" ("hostname" VARCHAR(255) NOT NULL PRIMARY KEY, "url" VARCHAR(255) NOT NULL, "total_cores" INTEGER NOT NULL, "last_heartbeat" DATETIME NOT NULL, "status" VARCHAR(255) NOT NULL, "cpu_percent" REAL, "memory_percent" REAL, "memory_used_bytes" INTEGER, "memory_total_bytes" INTEGER, "current_avg_temp" REAL, "current_max_temp" REAL, "numa_topology" TEXT, "gpu_info" TEXT);
+CREATE TABLE IF NOT EXISTS "task" ("task_id" INTEGER NOT NULL PRIMARY KEY, "task_type" VARCHAR(255) NOT NULL, "command" TEXT NOT NULL, "arguments" TEXT NOT NULL, "env_vars" TEXT NOT NULL, "required_cores" INTEGER NOT NULL, "required_gpus" TEXT NOT NULL, "status" VARCHAR(255) NOT NULL, "assigned_node_id" VARCHAR(255), "stdout_path" TEXT NOT NULL, "stderr_path" TEXT NOT NULL, "exit_code" INTEGER, "error_message" TEXT, "submitted_at" DATETIME NOT NULL, "started_at" DATETIME, "completed_at" DATETIME, "assignment_suspicion_count" INTEGER NOT NULL, "required_memory_bytes" INTEGER, "systemd_unit_name" VARCHAR(255), "target_numa_node_id" INTEGER, "batch_id" INTEGER, "ssh_port" INTEGER, FOREIGN KEY ("assigned_node_id") REFERENCES "node" ("hostname"));
+CREATE INDEX "task_assigned_node_id" ON "task" ("assigned_node_id");
+CREATE INDEX "task_batch_id" ON "task" ("batch_id");
+"#;
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+fn create_db(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("create db");
+    conn.execute_batch(HAKURIVER_SCHEMA).expect("schema");
+    conn
+}
+
+fn add_node(conn: &Connection, hostname: &str, url: &str, status: &str) {
+    conn.execute(
+        "INSERT INTO node (hostname, url, total_cores, last_heartbeat, status) VALUES (?1, ?2, 8, '2026-11-29 10:00:00.000000', ?3)",
+        (hostname, url, status),
+    )
+    .expect("node");
+}
+
+fn add_task(
+    conn: &Connection,
+    id: i64,
+    task_type: &str,
+    status: &str,
+    node: Option<&str>,
+    ssh_port: Option<i64>,
+) {
+    conn.execute(
+        "INSERT INTO task (task_id, task_type, command, arguments, env_vars, required_cores, required_gpus, status, assigned_node_id, stdout_path, stderr_path, submitted_at, assignment_suspicion_count, ssh_port) \
+         VALUES (?1, ?2, '', '[]', '{}', 1, '[]', ?3, ?4, '', '', '2026-11-29 10:00:00.000000', 0, ?5)",
+        (id, task_type, status, node, ssh_port),
+    )
+    .expect("task");
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        request: Duration::from_millis(500),
+        connect: Duration::from_secs(5),
+        tls_handshake: Duration::from_secs(5),
+        idle: None,
+    }
+}
+
+const LIMITS: Limits = Limits {
+    max_connections: 1000,
+    max_connections_per_ip: 100,
+};
+
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    shutdown: CancellationToken,
+    handle: JoinHandle<usize>,
+}
+
+async fn start_proxy(db: &Path, timeouts: Timeouts, limits: Limits, grace: Duration) -> Proxy {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let state = Arc::new(ProxyState::new(
+        TaskDirectory::new(db),
+        timeouts,
+        limits,
+        None,
+    ));
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(serve(
+        vec![Listener { tcp, tls: false }],
+        Arc::clone(&state),
+        shutdown.clone(),
+        grace,
+    ));
+    Proxy {
+        addr,
+        state,
+        shutdown,
+        handle,
+    }
+}
+
+/// Sends `request` and returns the reply line (with its `\n`) and the stream.
+async fn exchange(proxy: SocketAddr, request: &[u8]) -> (Vec<u8>, TcpStream) {
+    let mut stream = within("connect", TcpStream::connect(proxy))
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("write request");
+    let line = read_line(&mut stream).await;
+    (line, stream)
+}
+
+async fn read_line<R: AsyncRead + Unpin>(stream: &mut R) -> Vec<u8> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = within("reply line", stream.read(&mut byte))
+            .await
+            .expect("read reply");
+        if n == 0 {
+            return line;
+        }
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            return line;
+        }
+    }
+}
+
+async fn read_to_end<R: AsyncRead + Unpin>(stream: &mut R) -> Vec<u8> {
+    let mut data = Vec::new();
+    within("read to EOF", stream.read_to_end(&mut data))
+        .await
+        .expect("read");
+    data
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
+}
+
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hakuriver.db");
+    (dir, path)
+}
+
+#[tokio::test]
+async fn refusals_use_hakurivers_texts() {
+    let (_dir, db) = temp_db();
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let runner_port = i64::from(runner.local_addr().expect("addr").port());
+    {
+        let conn = create_db(&db);
+        add_node(&conn, "online1", "http://127.0.0.1:8001", "online");
+        add_node(&conn, "offline1", "http://127.0.0.1:8001", "offline");
+        add_node(&conn, "badurl", "127.0.0.1:8001", "online");
+        add_task(
+            &conn,
+            1,
+            "vps",
+            "running",
+            Some("online1"),
+            Some(runner_port),
+        );
+        add_task(&conn, 2, "command", "running", Some("online1"), None);
+        add_task(
+            &conn,
+            3,
+            "vps",
+            "completed",
+            Some("online1"),
+            Some(runner_port),
+        );
+        add_task(
+            &conn,
+            4,
+            "vps",
+            "running",
+            Some("offline1"),
+            Some(runner_port),
+        );
+        add_task(&conn, 5, "vps", "running", Some("online1"), None);
+        add_task(&conn, 6, "vps", "running", None, Some(runner_port));
+        add_task(
+            &conn,
+            7,
+            "vps",
+            "running",
+            Some("badurl"),
+            Some(runner_port),
+        );
+        // Port 1 on loopback: nothing listens there, the kernel refuses at once.
+        add_task(&conn, 8, "vps", "running", Some("online1"), Some(1));
+        add_task(
+            &conn,
+            9,
+            "vps",
+            "pending",
+            Some("online1"),
+            Some(runner_port),
+        );
+    }
+    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    let cases: &[(&[u8], &str)] = &[
+        (b"REQUEST_TUNNEL 424242\n", "ERROR Task 424242 not found.\n"),
+        (b"REQUEST_TUNNEL 2\n", "ERROR Task 2 is not a VPS task.\n"),
+        (
+            b"REQUEST_TUNNEL 3\n",
+            "ERROR VPS task 3 is not active (status: completed).\n",
+        ),
+        (
+            b"REQUEST_TUNNEL 9\n",
+            "ERROR VPS task 9 is not active (status: pending).\n",
+        ),
+        (
+            b"REQUEST_TUNNEL 4\n",
+            "ERROR Assigned node for VPS task 4 is not online.\n",
+        ),
+        (
+            b"REQUEST_TUNNEL 5\n",
+            "ERROR VPS task 5 has no SSH port assigned.\n",
+        ),
+        (
+            b"REQUEST_TUNNEL 6\n",
+            "ERROR VPS task 6 has no assigned node.\n",
+        ),
+        (
+            b"REQUEST_TUNNEL 7\n",
+            "ERROR Error parsing runner URL for node badurl.\n",
+        ),
+        (
+            b"REQUEST_TUNNEL 8\n",
+            "ERROR Connection refused by VPS task 8 on node online1.\n",
+        ),
+        (b"REQUEST_TUNNEL abc\n", "ERROR Invalid task ID format.\n"),
+        (b"REQUEST_TUNNEL -1\n", "ERROR Invalid task ID format.\n"),
+        (b"REQUEST_TUNNEL \n", "ERROR Invalid task ID format.\n"),
+        (
+            b"REQUEST_TUNNEL 99999999999999999999999\n",
+            "ERROR Invalid task ID format.\n",
+        ),
+        (b"request_tunnel 1\n", "ERROR Invalid request format.\n"),
+        (b"GET / HTTP/1.1\r\n", "ERROR Invalid request format.\n"),
+        (b"REQUEST_TUNNEL 1", "ERROR Timeout waiting for request.\n"),
+        (b"", "ERROR Timeout waiting for request.\n"),
+    ];
+    for (request, want) in cases {
+        let (reply, mut stream) = exchange(proxy.addr, request).await;
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            *want,
+            "request {:?}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(
+            read_to_end(&mut stream).await.is_empty(),
+            "nothing after the error line"
+        );
+    }
+    // EOF before the newline, and an endless line, are unreadable requests.
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream.write_all(b"REQUEST_TUNNEL 1").await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    assert_eq!(
+        read_line(&mut stream).await,
+        b"ERROR Error processing request.\n"
+    );
+    let (reply, _) = exchange(proxy.addr, &vec![b'7'; 4096]).await;
+    assert_eq!(reply, b"ERROR Error processing request.\n");
+    // Spaces around the id and CRLF are accepted as HakuRiver accepts them.
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL  1 \r\n").await;
+    assert_eq!(reply, b"SUCCESS\n");
+    assert_eq!(
+        proxy
+            .state
+            .stats
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        cases.len() as u64 + 2
+    );
+}
+
+/// A runner that reads everything until EOF while sending `down`, then closes; it
+/// returns what it received.
+fn scripted_runner(listener: TcpListener, down: Vec<u8>) -> JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (mut r, mut w) = stream.into_split();
+        let writer = async move {
+            w.write_all(&down).await.expect("runner write");
+            w.shutdown().await.expect("runner shutdown");
+        };
+        let mut up = Vec::new();
+        let (_, read) = tokio::join!(writer, r.read_to_end(&mut up));
+        read.expect("runner read");
+        up
+    })
+}
+
+#[tokio::test]
+async fn relays_both_directions_at_once_with_pipelined_bytes() {
+    let (_dir, db) = temp_db();
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let port = runner.local_addr().expect("addr").port();
+    {
+        let conn = create_db(&db);
+        add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
+        add_task(
+            &conn,
+            42,
+            "vps",
+            "paused",
+            Some("n1"),
+            Some(i64::from(port)),
+        );
+    }
+    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    let up = pattern(8 << 20, 3);
+    let down = pattern(6 << 20, 101);
+    let runner_task = scripted_runner(runner, down.clone());
+
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut r, mut w) = stream.into_split();
+    // The request line and the first bytes of the SSH stream in one segment.
+    let mut first = b"REQUEST_TUNNEL 42\nSSH-2.0-pipelined\r\n".to_vec();
+    first.extend_from_slice(&up[..1000]);
+    let mut expected_up = b"SSH-2.0-pipelined\r\n".to_vec();
+    expected_up.extend_from_slice(&up);
+    let rest = up[1000..].to_vec();
+    let writer = tokio::spawn(async move {
+        w.write_all(&first).await.expect("write");
+        w.write_all(&rest).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    });
+    assert_eq!(read_line(&mut r).await, b"SUCCESS\n");
+    let got_down = read_to_end(&mut r).await;
+    within("writer", writer).await.expect("join");
+    let got_up = within("runner", runner_task).await.expect("join");
+    assert_eq!(
+        Sha256::digest(&got_up),
+        Sha256::digest(&expected_up),
+        "upstream bytes"
+    );
+    assert_eq!(
+        Sha256::digest(&got_down),
+        Sha256::digest(&down),
+        "downstream bytes"
+    );
+}
+
+async fn one_tunnel(port: u16) -> (tempfile::TempDir, Proxy, TcpStream) {
+    let (dir, db) = temp_db();
+    {
+        let conn = create_db(&db);
+        add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
+        add_task(
+            &conn,
+            7,
+            "vps",
+            "running",
+            Some("n1"),
+            Some(i64::from(port)),
+        );
+    }
+    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    let (reply, stream) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
+    assert_eq!(reply, b"SUCCESS\n");
+    (dir, proxy, stream)
+}
+
+#[tokio::test]
+async fn half_close_passes_from_client_to_runner() {
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let port = runner.local_addr().expect("addr").port();
+    let runner_task = tokio::spawn(async move {
+        let (mut s, _) = runner.accept().await.expect("accept");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .await
+            .expect("read until client EOF");
+        // Only after the client's EOF arrived does the runner answer.
+        s.write_all(format!("got {} bytes", got.len()).as_bytes())
+            .await
+            .expect("write");
+        s.shutdown().await.expect("shutdown");
+    });
+    let (_dir, _proxy, mut client) = one_tunnel(port).await;
+    client.write_all(b"hello").await.expect("write");
+    client.shutdown().await.expect("half-close");
+    assert_eq!(read_to_end(&mut client).await, b"got 5 bytes");
+    within("runner", runner_task).await.expect("join");
+}
+
+#[tokio::test]
+async fn half_close_passes_from_runner_to_client() {
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let port = runner.local_addr().expect("addr").port();
+    let runner_task = tokio::spawn(async move {
+        let (mut s, _) = runner.accept().await.expect("accept");
+        s.write_all(b"banner").await.expect("write");
+        s.shutdown().await.expect("runner half-close");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("read");
+        got
+    });
+    let (_dir, _proxy, mut client) = one_tunnel(port).await;
+    // The runner's EOF reaches us while our direction is still open...
+    assert_eq!(read_to_end(&mut client).await, b"banner");
+    // ...and what we send afterwards still reaches the runner.
+    client.write_all(b"after your EOF").await.expect("write");
+    client.shutdown().await.expect("shutdown");
+    assert_eq!(
+        within("runner", runner_task).await.expect("join"),
+        b"after your EOF"
+    );
+}
+
+#[tokio::test]
+async fn client_abort_closes_the_runner_side() {
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let port = runner.local_addr().expect("addr").port();
+    let (_dir, proxy, client) = one_tunnel(port).await;
+    let (mut runner_side, _) = within("accept", runner.accept()).await.expect("accept");
+    // Reset, not FIN: SO_LINGER 0 then close.
+    client.set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(client);
+    let mut buf = [0u8; 16];
+    // Either EOF or a reset: both mean the proxy closed its runner socket.
+    let closed = within("runner side closes", runner_side.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "runner side still open: {closed:?}"
+    );
+    within("open count drops", async {
+        while proxy
+            .state
+            .stats
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+        {
+            proxy.state.stats.changed.notified().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn database_missing_then_created_then_replaced_then_garbage() {
+    let (_dir, db) = temp_db();
+    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    let internal = "ERROR Internal server error during task lookup.\n";
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        internal,
+        "missing database"
+    );
+
+    {
+        let conn = create_db(&db);
+        add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
+        add_task(&conn, 1, "vps", "completed", Some("n1"), Some(1));
+    }
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
+    assert_eq!(
+        reply, b"ERROR VPS task 1 is not active (status: completed).\n",
+        "database appeared"
+    );
+
+    // HakuRiver restarted: the file is deleted and a new one written in its place.
+    std::fs::remove_file(&db).expect("remove");
+    {
+        let conn = create_db(&db);
+        add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
+        add_task(&conn, 1, "command", "running", Some("n1"), Some(1));
+    }
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
+    assert_eq!(
+        reply, b"ERROR Task 1 is not a VPS task.\n",
+        "replaced database is read"
+    );
+
+    std::fs::remove_file(&db).expect("remove");
+    std::fs::write(&db, vec![0x42; 8192]).expect("garbage");
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
+    assert_eq!(String::from_utf8_lossy(&reply), internal, "not a database");
+
+    std::fs::remove_file(&db).expect("remove");
+    Connection::open(&db)
+        .expect("other db")
+        .execute_batch("CREATE TABLE task (id INTEGER PRIMARY KEY, name TEXT);")
+        .expect("other schema");
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        internal,
+        "different schema"
+    );
+}
+
+#[tokio::test]
+async fn a_locked_database_fails_one_request_then_recovers() {
+    let (_dir, db) = temp_db();
+    let writer = create_db(&db);
+    add_node(&writer, "n1", "http://127.0.0.1:8001", "online");
+    add_task(&writer, 1, "vps", "completed", Some("n1"), Some(1));
+    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    // An exclusive transaction blocks readers in rollback-journal mode (HakuRiver's).
+    writer
+        .execute_batch("BEGIN EXCLUSIVE; UPDATE task SET status = 'running';")
+        .expect("lock");
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
+    assert_eq!(reply, b"ERROR Internal server error during task lookup.\n");
+    writer.execute_batch("ROLLBACK;").expect("unlock");
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
+    assert_eq!(
+        reply,
+        b"ERROR VPS task 1 is not active (status: completed).\n"
+    );
+}
+
+#[tokio::test]
+async fn per_ip_limit_refuses_in_one_line() {
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let port = runner.local_addr().expect("addr").port();
+    let (_dir, db) = temp_db();
+    {
+        let conn = create_db(&db);
+        add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
+        add_task(
+            &conn,
+            7,
+            "vps",
+            "running",
+            Some("n1"),
+            Some(i64::from(port)),
+        );
+    }
+    let limits = Limits {
+        max_connections: 10,
+        max_connections_per_ip: 1,
+    };
+    let proxy = start_proxy(&db, timeouts(), limits, Duration::from_secs(5)).await;
+    let (reply, first) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
+    assert_eq!(reply, b"SUCCESS\n");
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
+    assert_eq!(
+        reply,
+        b"ERROR Too many connections from your address; try again later.\n"
+    );
+    drop(first);
+    let (_runner_side, _) = within("accept", runner.accept()).await.expect("accept");
+}
+
+#[tokio::test]
+async fn shutdown_drains_open_tunnels_and_refuses_new_ones() {
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let port = runner.local_addr().expect("addr").port();
+    let (_dir, proxy, mut client) = one_tunnel(port).await;
+    let (mut runner_side, _) = within("accept", runner.accept()).await.expect("accept");
+    proxy.shutdown.cancel();
+    // The open tunnel keeps flowing during the drain.
+    client.write_all(b"still here").await.expect("write");
+    let mut buf = [0u8; 10];
+    within("relay during drain", runner_side.read_exact(&mut buf))
+        .await
+        .expect("read");
+    assert_eq!(&buf, b"still here");
+    // Once both sides close, serve() returns without cutting anything.
+    client.shutdown().await.expect("shutdown");
+    runner_side.shutdown().await.expect("shutdown");
+    assert_eq!(read_to_end(&mut client).await, b"");
+    let cut = within("serve returns", proxy.handle).await.expect("join");
+    assert_eq!(cut, 0);
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "listener closed"
+    );
+}
+
+#[tokio::test]
+async fn grace_period_over_cuts_remaining_tunnels() {
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let port = runner.local_addr().expect("addr").port();
+    let (_dir, db) = temp_db();
+    {
+        let conn = create_db(&db);
+        add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
+        add_task(
+            &conn,
+            7,
+            "vps",
+            "running",
+            Some("n1"),
+            Some(i64::from(port)),
+        );
+    }
+    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_millis(200)).await;
+    let (reply, mut client) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
+    assert_eq!(reply, b"SUCCESS\n");
+    let (_runner_side, _) = within("accept", runner.accept()).await.expect("accept");
+    proxy.shutdown.cancel();
+    let cut = within("serve returns", proxy.handle).await.expect("join");
+    assert_eq!(cut, 1);
+    assert_eq!(
+        read_to_end(&mut client).await,
+        b"",
+        "client sees the cut tunnel close"
+    );
+}
