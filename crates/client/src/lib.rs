@@ -1,1 +1,222 @@
-//! x
+//! `hakuriver-ssh`: reach a HakuRiver VPS task by its ID through the Host SSH proxy,
+//! with OpenSSH as it is.
+//!
+//! # Layout
+//! - [`cli`]: the command line (also the source of `--help`, completions and the man page).
+//! - [`config`]: HakuRiver's `config.toml` plus our `[ssh_client]` section and the flags,
+//!   resolved into [`config::Settings`].
+//! - [`tunnel`]: connect, request, read the reply; returns the stream with any bytes
+//!   that followed `SUCCESS` still buffered.
+//! - [`transport`]: what runs over the TCP socket (plain; TLS slots in here).
+//! - [`session`]: the interactive mode: local listener, `ssh`, relays, exit status.
+//! - [`stdio`]: the ProxyCommand mode (`--stdio`).
+//! - [`ssh_config`]: the `~/.ssh/config` block `ssh-config` prints.
+//! - [`error`]: every failure with the one line the user sees.
+//!
+//! The wire protocol and the relay come from `hakuriver-tunnel`, shared with the proxy.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod session;
+pub mod ssh_config;
+pub mod stdio;
+pub mod transport;
+pub mod tunnel;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::Path;
+
+use clap::CommandFactory;
+use hakuriver_tunnel::TaskId;
+
+use crate::cli::{Cli, Command};
+use crate::error::{ClientError, EXIT_CONNECT_FAILED};
+use crate::transport::Transport;
+use crate::tunnel::{Connector, Target};
+
+/// The name used in messages when argv[0] says nothing useful.
+pub const PROGRAM: &str = "hakuriver-ssh";
+
+/// Runs the client with these arguments (argv[0] included) and returns the exit status.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let program = program_name(args.first());
+    let cli = match Cli::parse_args(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
+        }
+    };
+    init_logging(cli.verbose);
+    match dispatch(cli, &program) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}", e.user_line(&program));
+            EXIT_CONNECT_FAILED
+        }
+    }
+}
+
+/// `hakuriver-ssh` or `hakuriver.ssh`, as invoked.
+fn program_name(argv0: Option<&OsString>) -> String {
+    argv0
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| PROGRAM.to_owned())
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("HAKURIVER_SSH_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("hakuriver_ssh={level},hakuriver_tunnel={level}"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), program, &mut out);
+            return Ok(write_stdout(&out));
+        }
+        Some(Command::Man) => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| ClientError::Usage(format!("cannot render the man page: {e}")))?;
+            return Ok(write_stdout(&out));
+        }
+        Some(Command::SshConfig) => return ssh_config(&cli),
+        None => {}
+    }
+    let Some(raw_id) = cli.task_id.as_deref() else {
+        let mut cmd = Cli::command();
+        let e = cmd.error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "a TASK_ID is required (or a command: ssh-config, completions, man)",
+        );
+        let _ = e.print();
+        return Ok(2);
+    };
+    let raw_id = if cli.stdio {
+        stdio::task_from_host(raw_id)
+    } else {
+        raw_id
+    };
+    // Checked before anything touches the network.
+    let task: TaskId = raw_id
+        .parse()
+        .map_err(|_| ClientError::InvalidTaskId(raw_id.to_owned()))?;
+    if cli.stdio && !cli.ssh_args.is_empty() {
+        return Err(ClientError::Usage(format!(
+            "--stdio takes only the task ID, not {:?}",
+            cli.ssh_args
+        )));
+    }
+    let settings = config::resolve(&cli.overrides())?;
+    let transport = transport_for(&settings)?;
+    let connector = Connector {
+        target: Target {
+            host: settings.host.clone(),
+            port: settings.port,
+        },
+        transport,
+        connect_timeout: settings.connect_timeout,
+        response_timeout: settings.response_timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Usage(format!("cannot start the async runtime: {e}")))?;
+    let result = if cli.stdio {
+        runtime.block_on(stdio::run(connector, task))
+    } else {
+        let ssh = session::SshCommand {
+            program: settings.ssh_program.clone(),
+            user: settings.user.clone(),
+            local_port: cli.local_port,
+            extra_args: cli.ssh_args.clone(),
+        };
+        runtime.block_on(session::run(connector, task, ssh))
+    };
+    // tokio's stdin reader may sit in a blocking read that cannot be cancelled; do not
+    // wait for it (main exits the process right after).
+    runtime.shutdown_background();
+    result
+}
+
+fn transport_for(settings: &config::Settings) -> Result<Transport, ClientError> {
+    if settings.tls.enable {
+        return Err(ClientError::Usage(
+            "TLS to the proxy is not available in this build yet; use --no-tls".to_owned(),
+        ));
+    }
+    Ok(Transport::Plain)
+}
+
+fn ssh_config(cli: &Cli) -> Result<u8, ClientError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| ClientError::Usage(format!("cannot find this program's path: {e}")))?;
+    let overrides = cli.overrides();
+    // The user comes from the flag or the config file; a missing default file is fine.
+    let user = match &overrides.user {
+        Some(user) => user.clone(),
+        None => match config::resolve(&config::Overrides {
+            host: Some("unused".to_owned()),
+            ..overrides.clone()
+        }) {
+            Ok(settings) => settings.user,
+            Err(e @ ClientError::Config { .. }) => return Err(e),
+            Err(_) => config::DEFAULT_USER.to_owned(),
+        },
+    };
+    let flags = ssh_config::ProxyFlags {
+        // `$HAKURIVER_CONFIG` reaches the ProxyCommand through ssh's environment anyway.
+        config: overrides.config.as_deref().map(absolute),
+        host: overrides.host.clone(),
+        proxy_port: overrides.proxy_port,
+        tls: overrides.tls,
+        ca_file: overrides.ca_file.as_deref().map(absolute),
+        fingerprints: overrides.fingerprints.clone(),
+        server_name: overrides.server_name.clone(),
+    };
+    let text = ssh_config::render(&exe, &user, &flags);
+    Ok(write_stdout(text.as_bytes()))
+}
+
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Writes a helper command's output; a closed pipe (`| head`) is not an error worth a
+/// message, but the status says the output is incomplete.
+fn write_stdout(bytes: &[u8]) -> u8 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}

@@ -1,0 +1,195 @@
+//! Everything that can stop the client before or instead of `ssh`, each with the one
+//! line the user sees on stderr.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit status for our own failures (connection, proxy, configuration): the same value
+/// `ssh` uses for its connection errors, so scripts see one code for "could not connect".
+pub const EXIT_CONNECT_FAILED: u8 = 255;
+
+/// A failure of the client itself. `Display` is the whole message line (without the
+/// program-name prefix, which [`ClientError::user_line`] adds where it belongs).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The task ID given on the command line is not a HakuRiver task ID.
+    #[error("Invalid task ID format: {0:?} (a task ID is digits only, e.g. 7323718749301768192).")]
+    InvalidTaskId(String),
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Neither the config file nor `--host` names the Host.
+    #[error("no Host address: set [network] host_reachable_address in {0} or pass --host HOST")]
+    NoHost(String),
+    /// Name resolution, TCP connect or its timeout failed.
+    #[error("cannot reach the HakuRiver proxy at {addr}: {reason}")]
+    Unreachable {
+        /// `host:port` as configured.
+        addr: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The TLS handshake or certificate verification failed.
+    #[error("TLS with the HakuRiver proxy at {addr} failed: {reason}")]
+    Tls {
+        /// `host:port` as configured.
+        addr: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The proxy refused the tunnel; the message is the proxy's own text.
+    #[error("Proxy Error: {0}")]
+    Proxy(String),
+    /// No reply line within the response timeout.
+    #[error("the HakuRiver proxy at {addr} did not answer within {}", secs(*.after))]
+    ResponseTimeout {
+        /// `host:port` as configured.
+        addr: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The proxy closed the connection before a complete reply line.
+    #[error(
+        "the HakuRiver proxy at {addr} closed the connection without a reply \
+         (is {addr} really the Host SSH proxy port?)"
+    )]
+    NoReply {
+        /// `host:port` as configured.
+        addr: String,
+    },
+    /// The reply line is neither `SUCCESS` nor an error.
+    #[error("unexpected reply from {addr}: {line:?} (is {addr} really the Host SSH proxy port?)")]
+    UnexpectedReply {
+        /// `host:port` as configured.
+        addr: String,
+        /// The start of the line received.
+        line: String,
+    },
+    /// Writing the request or reading the reply failed.
+    #[error("connection to the HakuRiver proxy at {addr} failed: {source}")]
+    Io {
+        /// `host:port` as configured.
+        addr: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The local listener for `ssh` could not be opened.
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    LocalListen {
+        /// The requested local port (0 = any).
+        port: u16,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The `ssh` program could not be started.
+    #[error("cannot run {program:?}: {source}")]
+    SpawnSsh {
+        /// The program as configured (`[ssh_client] ssh_program`).
+        program: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Wrong combination of arguments that clap cannot express.
+    #[error("{0}")]
+    Usage(String),
+    /// A relay in `--stdio` mode ended with an error.
+    #[error("tunnel to task {task} failed: {source}")]
+    Relay {
+        /// The task ID.
+        task: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The `trust` command or its store failed.
+    #[error("{0}")]
+    Trust(String),
+}
+
+impl ClientError {
+    /// The line printed on stderr. `Proxy Error: ...` stands alone as HakuRiver's
+    /// client prints it; everything else names the program that failed.
+    pub fn user_line(&self, program: &str) -> String {
+        match self {
+            ClientError::Proxy(_) => self.to_string(),
+            _ => format!("{program}: {self}"),
+        }
+    }
+}
+
+/// `15 s`, `0.5 s`.
+pub(crate) fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// A short, lowercase reason for a failed TCP connect, with a hint for the usual cases.
+pub(crate) fn connect_reason(err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => {
+            "connection refused (is hakuriver-ssh-proxy or the HakuRiver Host running, \
+             and is host_ssh_proxy_port right?)"
+                .to_owned()
+        }
+        io::ErrorKind::TimedOut => "connection timed out".to_owned(),
+        _ => match err.raw_os_error() {
+            Some(libc::EHOSTUNREACH) => "no route to host".to_owned(),
+            Some(libc::ENETUNREACH) => "network is unreachable".to_owned(),
+            _ => lowercase_first(&err.to_string()),
+        },
+    }
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_errors_read_like_hakurivers_client() {
+        let e = ClientError::Proxy("Task 42 not found.".into());
+        assert_eq!(
+            e.user_line("hakuriver-ssh"),
+            "Proxy Error: Task 42 not found."
+        );
+        let e = ClientError::Unreachable {
+            addr: "h:1".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(
+            e.user_line("hakuriver-ssh"),
+            "hakuriver-ssh: cannot reach the HakuRiver proxy at h:1: connection refused"
+        );
+    }
+
+    #[test]
+    fn durations_print_plainly() {
+        assert_eq!(secs(Duration::from_secs(15)), "15 s");
+        assert_eq!(secs(Duration::from_millis(500)), "0.5 s");
+    }
+
+    #[test]
+    fn connect_reasons_are_one_line() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(connect_reason(&refused).starts_with("connection refused"));
+        let unreach = io::Error::from_raw_os_error(libc::EHOSTUNREACH);
+        assert_eq!(connect_reason(&unreach), "no route to host");
+        assert!(!connect_reason(&io::Error::other("Boom\nx")).starts_with('B'));
+    }
+}
