@@ -1,0 +1,96 @@
+# Container image of the HakuRiver Host SSH proxy (`hakuriver-ssh-proxy`), with the
+# `hakuriver-ssh` client beside it.
+#
+#   docker build -t hakuriver-ssh-proxy .
+#   docker run -d -p 8002:8002 \
+#     -v /var/lib/hakuriver:/var/lib/hakuriver:ro \
+#     -v /etc/hakuriver/config.toml:/etc/hakuriver/config.toml:ro \
+#     hakuriver-ssh-proxy
+#
+# Plain `docker build` is enough: no BuildKit feature is used. Dependencies are
+# compiled in their own layer (manifests + stub crates first, sources after), so
+# a source-only change rebuilds just the workspace crates.
+# See docs/container.md and deploy/docker-compose.yml.
+
+ARG RUST_IMAGE=rust:1.95-slim-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+# ---------------------------------------------------------------- build
+FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+ENV CARGO_TERM_COLOR=never \
+    CARGO_INCREMENTAL=0
+
+# 1. Manifests only, with empty stand-ins for every workspace target: this layer,
+#    and the dependency build below, stay cached until a manifest or the lock
+#    file changes. A target whose path a manifest names explicitly
+#    (`path = "..."` in [lib]/[[bin]]/[[test]]/...) gets a stub file too.
+COPY Cargo.toml Cargo.lock ./
+COPY crates/tunnel/Cargo.toml crates/tunnel/
+COPY crates/proxy/Cargo.toml crates/proxy/
+COPY crates/client/Cargo.toml crates/client/
+COPY tests/Cargo.toml tests/
+RUN set -eu; \
+    for m in crates/tunnel crates/proxy crates/client tests; do \
+      mkdir -p "$m/src"; \
+      echo '//! build stub' > "$m/src/lib.rs"; \
+      echo 'fn main() {}' > "$m/src/main.rs"; \
+      sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$m/Cargo.toml" | \
+      while read -r p; do \
+        case "$p" in *.rs) mkdir -p "$m/$(dirname "$p")"; echo 'fn main() {}' > "$m/$p" ;; esac; \
+      done; \
+    done; \
+    cargo build --release --locked -p hakuriver-ssh-proxy -p hakuriver-ssh; \
+    rm -f target/release/hakuriver-ssh-proxy target/release/hakuriver-ssh
+
+# 2. The real sources. COPY keeps the files' original modification times, which
+#    can be older than the stub build: touch them so cargo sees them as changed.
+COPY crates crates
+COPY tests tests
+RUN set -eu; \
+    find crates tests -type f -exec touch {} +; \
+    cargo build --release --locked -p hakuriver-ssh-proxy -p hakuriver-ssh; \
+    install -D -m 0755 target/release/hakuriver-ssh-proxy /out/usr/local/bin/hakuriver-ssh-proxy; \
+    install -D -m 0755 target/release/hakuriver-ssh /out/usr/local/bin/hakuriver-ssh
+
+# ---------------------------------------------------------------- runtime
+FROM ${RUNTIME_IMAGE}
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="hakuriver-ssh-proxy" \
+      org.opencontainers.image.description="HakuRiver Host SSH proxy: routes REQUEST_TUNNEL <task_id> to the VPS task's sshd" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="https://github.com/hakuriver-ssh/hakuriver-ssh" \
+      org.opencontainers.image.documentation="https://github.com/hakuriver-ssh/hakuriver-ssh/blob/main/docs/container.md"
+
+# ca-certificates: the client's TLS mode trusts the system roots by default.
+# The proxy runs as an unprivileged user; its state directory (the self-signed
+# TLS certificate lives there) is a volume it owns.
+RUN set -eu; \
+    export DEBIAN_FRONTEND=noninteractive; \
+    apt-get update -qq; \
+    apt-get install -y -qq --no-install-recommends ca-certificates >/dev/null; \
+    rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log; \
+    groupadd --system --gid 10001 hakuriver; \
+    useradd --system --uid 10001 --gid hakuriver --home-dir /var/lib/hakuriver-ssh-proxy \
+            --no-create-home --shell /usr/sbin/nologin hakuriver; \
+    install -d -m 0750 -o hakuriver -g hakuriver /var/lib/hakuriver-ssh-proxy; \
+    install -d -m 0755 /etc/hakuriver /var/lib/hakuriver
+
+COPY --from=build /out/ /
+COPY deploy/config/image-default.toml /etc/hakuriver/config.toml
+
+USER hakuriver:hakuriver
+WORKDIR /var/lib/hakuriver-ssh-proxy
+VOLUME ["/var/lib/hakuriver-ssh-proxy"]
+EXPOSE 8002
+STOPSIGNAL SIGTERM
+# `health` makes a real REQUEST_TUNNEL 0 exchange with the main listener of the
+# config it finds (/etc/hakuriver/config.toml) and expects "Task 0 not found":
+# the daemon answers AND reads its database.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["hakuriver-ssh-proxy", "health", "--timeout", "3"]
+ENTRYPOINT ["hakuriver-ssh-proxy"]
+CMD ["serve", "--config", "/etc/hakuriver/config.toml"]
