@@ -121,3 +121,23 @@ pub async fn with_timeout<F: Future>(timeout: Duration, what: &str, fut: F) -> F
         Err(_) => panic!("timed out after {timeout:?}: {what}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_bytes_is_deterministic_and_seeded() {
+        assert_eq!(random_bytes(1000, 1), random_bytes(1000, 1));
+        assert_ne!(random_bytes(1000, 1), random_bytes(1000, 2));
+        assert_eq!(random_bytes(13, 1).len(), 13);
+    }
+
+    #[test]
+    fn sha256_hex_matches_sha256sum() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

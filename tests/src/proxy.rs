@@ -375,3 +375,23 @@ impl Proxy {
         self.process.signal_and_wait(Signal::SIGTERM, timeout)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn listening_lines_in_tracing_text_forms() {
+        let log = "2026-01-01T00:00:00Z  INFO listening addr=127.0.0.1:4000 transport=plain\n\
+                   \u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m listening \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m[::1]:4001 \u{1b}[3mtransport\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"tls\"\n\
+                   INFO tunnel opened addr=127.0.0.1:9 task_id=1\n";
+        assert_eq!(
+            parse_listeners(log),
+            vec![
+                ("127.0.0.1:4000".parse().unwrap(), Transport::Plain),
+                ("[::1]:4001".parse().unwrap(), Transport::Tls)
+            ]
+        );
+    }
+}
