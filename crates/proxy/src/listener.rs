@@ -66,6 +66,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
 /// The sockets systemd passed, or `None` when not socket-activated. Must run before any
 /// other thread starts: it unsets the `LISTEN_*` variables.
 pub fn from_systemd() -> Result<Option<Vec<Bound>>> {
+    check_passed_fds()?;
     let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names(true)
         .context("invalid socket activation environment (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)")?
         .collect();
@@ -85,6 +86,24 @@ pub fn from_systemd() -> Result<Option<Vec<Bound>>> {
         .map(Some)
 }
 
+/// Names the first fd systemd claims to pass that is not open, before sd_notify's
+/// generic `Bad file descriptor` could hide which one it was.
+fn check_passed_fds() -> Result<()> {
+    let var = |name| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let (Some(pid), Some(count)) = (var("LISTEN_PID"), var("LISTEN_FDS")) else {
+        return Ok(());
+    };
+    if pid != std::process::id() {
+        return Ok(());
+    }
+    for fd in (0..count.min(1024)).map(|i| 3 + i as RawFd) {
+        if !fd_is_open(fd) {
+            bail!("socket-activation fd {fd}: not an open file descriptor (LISTEN_FDS={count})");
+        }
+    }
+    Ok(())
+}
+
 /// Checks that a passed fd is a listening TCP socket and takes ownership of it.
 fn adopt(fd: RawFd) -> Result<StdListener> {
     let socket = Socket::from(take_fd(fd)?);
@@ -100,15 +119,18 @@ fn adopt(fd: RawFd) -> Result<StdListener> {
     Ok(socket.into())
 }
 
+/// Whether `fd` is an open descriptor of this process.
+#[allow(unsafe_code)]
+fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor flags; it is defined for any integer.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
 /// Takes ownership of an fd inherited from systemd.
 #[allow(unsafe_code)]
 fn take_fd(fd: RawFd) -> Result<OwnedFd> {
-    // SAFETY: F_GETFD only reads the descriptor flags; it is defined for any integer.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        bail!(
-            "not an open file descriptor: {}",
-            std::io::Error::last_os_error()
-        );
+    if !fd_is_open(fd) {
+        bail!("not an open file descriptor");
     }
     // SAFETY: systemd passed fds 3..3+LISTEN_FDS to this process for it to own
     // (LISTEN_PID matched our pid), the fd is open (checked above), and

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
@@ -46,7 +47,15 @@ pub fn init(format: LogFormat, verbose: bool) {
     if format == LogFormat::Journald {
         match tracing_journald::layer() {
             Ok(layer) => {
+                // INFO is LOG_INFO, not the crate's default LOG_NOTICE: a tunnel opening
+                // is routine, and `journalctl -p notice` should show only what matters.
+                let priorities = PriorityMappings {
+                    info: Priority::Informational,
+                    debug: Priority::Debug,
+                    ..PriorityMappings::new()
+                };
                 let layer = layer
+                    .with_priority_mappings(priorities)
                     .with_field_prefix(None)
                     .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
                 tracing_subscriber::registry()

@@ -10,57 +10,14 @@ use hakuriver_ssh_proxy::config::{Limits, Timeouts};
 use hakuriver_ssh_proxy::directory::TaskDirectory;
 use hakuriver_ssh_proxy::server::{serve, Listener, ProxyState};
 use rusqlite::Connection;
+
+mod common;
+use common::{add_node, add_task, create_db, within};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// `sqlite3 hakuriver.db .schema` of a database made by HakuRiver 0.3.0.
-const HAKURIVER_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS "node" ("hostname" VARCHAR(255) NOT NULL PRIMARY KEY, "url" VARCHAR(255) NOT NULL, "total_cores" INTEGER NOT NULL, "last_heartbeat" DATETIME NOT NULL, "status" VARCHAR(255) NOT NULL, "cpu_percent" REAL, "memory_percent" REAL, "memory_used_bytes" INTEGER, "memory_total_bytes" INTEGER, "current_avg_temp" REAL, "current_max_temp" REAL, "numa_topology" TEXT, "gpu_info" TEXT);
-CREATE TABLE IF NOT EXISTS "task" ("task_id" INTEGER NOT NULL PRIMARY KEY, "task_type" VARCHAR(255) NOT NULL, "command" TEXT NOT NULL, "arguments" TEXT NOT NULL, "env_vars" TEXT NOT NULL, "required_cores" INTEGER NOT NULL, "required_gpus" TEXT NOT NULL, "status" VARCHAR(255) NOT NULL, "assigned_node_id" VARCHAR(255), "stdout_path" TEXT NOT NULL, "stderr_path" TEXT NOT NULL, "exit_code" INTEGER, "error_message" TEXT, "submitted_at" DATETIME NOT NULL, "started_at" DATETIME, "completed_at" DATETIME, "assignment_suspicion_count" INTEGER NOT NULL, "required_memory_bytes" INTEGER, "systemd_unit_name" VARCHAR(255), "target_numa_node_id" INTEGER, "batch_id" INTEGER, "ssh_port" INTEGER, FOREIGN KEY ("assigned_node_id") REFERENCES "node" ("hostname"));
-CREATE INDEX "task_assigned_node_id" ON "task" ("assigned_node_id");
-CREATE INDEX "task_batch_id" ON "task" ("batch_id");
-"#;
-
-async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-fn create_db(path: &Path) -> Connection {
-    let conn = Connection::open(path).expect("create db");
-    conn.execute_batch(HAKURIVER_SCHEMA).expect("schema");
-    conn
-}
-
-fn add_node(conn: &Connection, hostname: &str, url: &str, status: &str) {
-    conn.execute(
-        "INSERT INTO node (hostname, url, total_cores, last_heartbeat, status) VALUES (?1, ?2, 8, '2026-11-29 10:00:00.000000', ?3)",
-        (hostname, url, status),
-    )
-    .expect("node");
-}
-
-fn add_task(
-    conn: &Connection,
-    id: i64,
-    task_type: &str,
-    status: &str,
-    node: Option<&str>,
-    ssh_port: Option<i64>,
-) {
-    conn.execute(
-        "INSERT INTO task (task_id, task_type, command, arguments, env_vars, required_cores, required_gpus, status, assigned_node_id, stdout_path, stderr_path, submitted_at, assignment_suspicion_count, ssh_port) \
-         VALUES (?1, ?2, '', '[]', '{}', 1, '[]', ?3, ?4, '', '', '2026-11-29 10:00:00.000000', 0, ?5)",
-        (id, task_type, status, node, ssh_port),
-    )
-    .expect("task");
-}
 
 fn timeouts() -> Timeouts {
     Timeouts {
@@ -432,7 +389,9 @@ async fn client_abort_closes_the_runner_side() {
     let (_dir, proxy, client) = one_tunnel(port).await;
     let (mut runner_side, _) = within("accept", runner.accept()).await.expect("accept");
     // Reset, not FIN: SO_LINGER 0 then close.
-    client.set_linger(Some(Duration::ZERO)).expect("linger");
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
     drop(client);
     let mut buf = [0u8; 16];
     // Either EOF or a reset: both mean the proxy closed its runner socket.
