@@ -166,6 +166,8 @@ async fn run(
     sockets: Vec<Bound>,
     serving_cert: Option<tls::ServingCert>,
 ) -> Result<()> {
+    // Before anyone can learn we listen: a SIGTERM right after READY=1 must drain, not kill.
+    let signals = Signals::install().context("cannot install signal handlers")?;
     let mut listeners = Vec::with_capacity(sockets.len());
     for bound in sockets {
         let addr = bound.local_addr()?;
@@ -200,6 +202,7 @@ async fn run(
     let reporting = CancellationToken::new();
 
     tokio::spawn(handle_signals(
+        signals,
         shutdown.clone(),
         Arc::clone(&state),
         serving_cert,
@@ -219,23 +222,35 @@ async fn run(
     Ok(())
 }
 
+/// SIGTERM, SIGINT and SIGHUP streams, registered with the runtime.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 async fn handle_signals(
+    signals: Signals,
     shutdown: CancellationToken,
     state: Arc<ProxyState>,
     serving_cert: Option<tls::ServingCert>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            warn!("cannot install signal handlers; stop with SIGKILL");
-            return;
-        }
-    };
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
