@@ -25,6 +25,8 @@ declare -A PACKAGES=(
     [procps]=/usr/bin/pgrep
     [iproute2]=/usr/bin/ss
     [systemd]=/usr/bin/systemd-socket-activate
+    [nix-bin]=/usr/bin/nix-instantiate
+    [util-linux]=/usr/bin/unshare
 )
 
 die() {
