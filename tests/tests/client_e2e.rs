@@ -37,10 +37,24 @@ struct World {
 
 impl World {
     fn start() -> World {
+        World::start_with(|db| Proxy::start(db))
+    }
+
+    /// Our proxy with a TLS main listener (self-signed certificate) and an extra plain one.
+    fn start_tls() -> World {
+        World::start_with(|db| {
+            Proxy::builder(db)
+                .args(["--tls", "--listen", "127.0.0.1:0"])
+                .listeners(2)
+                .start()
+        })
+    }
+
+    fn start_with(proxy: impl FnOnce(&Path) -> anyhow::Result<Proxy>) -> World {
         let sshd = Sshd::start().unwrap();
         let refused = RefusedPort::new().unwrap();
         let db = HakuDb::create(&fixtures::routing_db(sshd.port(), refused.port())).unwrap();
-        let proxy = Proxy::start(db.path()).unwrap();
+        let proxy = proxy(db.path()).unwrap();
         let home = tempfile::Builder::new()
             .prefix("hakuriver-client-")
             .tempdir()
@@ -148,6 +162,26 @@ impl World {
             self.sshd.log()
         )
     }
+}
+
+/// The serving certificate's fingerprint, as `hakuriver-ssh-proxy fingerprint` prints it.
+fn proxy_fingerprint(w: &World) -> String {
+    let out = hakuriver_ssh_tests::run_proxy_cli(
+        [
+            "fingerprint".as_ref(),
+            "-c".as_ref(),
+            w.proxy.config_path().as_os_str(),
+            "--state-dir".as_ref(),
+            w.proxy.state_dir().as_os_str(),
+            "--tls".as_ref(),
+        ],
+        FAIL_TIMEOUT,
+    )
+    .unwrap();
+    assert!(out.status.success(), "fingerprint: {}", text(&out.stderr));
+    let fp = text(&out.stdout).trim().to_owned();
+    assert!(fp.starts_with("sha256:") && fp.len() == 71, "{fp}");
+    fp
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -634,4 +668,115 @@ fn completions_and_man_page_come_from_the_cli() {
     let page = text(&out.stdout);
     assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
     assert!(page.contains("ssh\\-config"), "{page}");
+}
+
+#[test]
+fn tls_with_a_pinned_fingerprint_and_its_failures() {
+    let w = World::start_tls();
+    let fp = proxy_fingerprint(&w);
+    w.write_config(w.proxy.tls_addr().port(), "");
+    let session = |flags: &[&str], remote: &str| {
+        let mut args = flags.to_vec();
+        let task = TASK_OK.to_string();
+        args.push(&task);
+        let mut cmd = w.client(&args);
+        cmd.args(w.sshd.ssh_opts()).arg(remote);
+        run(&mut cmd, b"", SSH_TIMEOUT).unwrap()
+    };
+
+    let out = session(&["--tls", "--fingerprint", &fp], "echo over tls; exit 6");
+    assert_eq!(out.status.code(), Some(6), "{}", w.context(&out));
+    assert_eq!(text(&out.stdout), "over tls\n");
+    assert!(out.stderr.is_empty(), "{}", w.context(&out));
+    assert_eq!(w.proxy.logs().matches("tunnel opened").count(), 1);
+    fs::remove_file(w.path("ssh-ran")).unwrap();
+
+    // Nothing about the task reaches a proxy that failed verification.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = session(&["--tls", "--fingerprint", &wrong], "true");
+    assert_one_line_failure(&w, &out, &fp);
+    assert!(text(&out.stderr).contains(&wrong), "{}", w.context(&out));
+    // Self-signed and nothing pinned: refused, with the fingerprint to compare.
+    let out = session(&["--tls"], "true");
+    assert_one_line_failure(&w, &out, "TLS with the HakuRiver proxy at 127.0.0.1:");
+    assert!(text(&out.stderr).contains(&fp), "{}", w.context(&out));
+    assert_eq!(w.proxy.logs().matches("tunnel opened").count(), 1);
+    assert!(!w.proxy.logs().contains("refused"), "{}", w.proxy.logs());
+
+    // TLS client on the plain port, plain client on the TLS port.
+    let plain = w.proxy.addr().port().to_string();
+    let out = session(
+        &["--tls", "--fingerprint", &fp, "--proxy-port", &plain],
+        "true",
+    );
+    assert_one_line_failure(&w, &out, "plain (non-TLS) port");
+    let out = session(&[], "true");
+    assert_one_line_failure(&w, &out, "add --tls");
+}
+
+#[test]
+fn tls_trust_on_first_use_and_the_trust_command() {
+    let w = World::start_tls();
+    let fp = proxy_fingerprint(&w);
+    let addr = w.proxy.tls_addr();
+    w.write_config(addr.port(), "[ssh_client.tls]\nenable = true");
+    let store = w.home.path().join(".hakuriver/known_proxies");
+    let session = |flags: &[&str]| {
+        let mut args = flags.to_vec();
+        let task = TASK_OK.to_string();
+        args.push(&task);
+        let mut cmd = w.client(&args);
+        cmd.args(w.sshd.ssh_opts()).arg("echo ok");
+        run(&mut cmd, b"", SSH_TIMEOUT).unwrap()
+    };
+
+    let out = session(&["--trust-on-first-use"]);
+    assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
+    assert_eq!(text(&out.stdout), "ok\n");
+    assert!(
+        text(&out.stderr).contains("trusting the proxy"),
+        "{}",
+        w.context(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(&store).unwrap(),
+        format!("{addr} {fp}\n")
+    );
+    // Remembered: the next run verifies against the stored fingerprint, silently.
+    let out = session(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
+    assert!(out.stderr.is_empty(), "{}", w.context(&out));
+
+    // `trust` with the fingerprint the admin handed out.
+    fs::remove_file(&store).unwrap();
+    let wrong = format!("sha256:{}", "1".repeat(64));
+    let out = run(&mut w.client(&["trust", &wrong]), b"", FAIL_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", w.context(&out));
+    assert!(
+        text(&out.stderr).contains("nothing saved"),
+        "{}",
+        w.context(&out)
+    );
+    assert!(!store.exists());
+    let out = run(&mut w.client(&["trust", &fp]), b"", FAIL_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
+    assert_eq!(
+        fs::read_to_string(&store).unwrap(),
+        format!("{addr} {fp}\n")
+    );
+    let out = session(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
+
+    // ProxyCommand mode over TLS, trust from the store.
+    let config = w.ssh_config(&[]);
+    let mut ssh = Command::new("/usr/bin/ssh");
+    // The ProxyCommand finds the store under the same HOME.
+    ssh.env("HOME", w.home.path())
+        .arg("-F")
+        .arg(&config)
+        .arg(format!("hakuriver-{TASK_OK}"))
+        .arg("echo stdio over tls");
+    let out = run(&mut ssh, b"", SSH_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
+    assert_eq!(text(&out.stdout), "stdio over tls\n");
 }

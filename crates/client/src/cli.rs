@@ -21,6 +21,7 @@ Two ways to use it:
   hakuriver-ssh 7323718749301768192             interactive shell (runs ssh for you)
   hakuriver-ssh 7323718749301768192 -v uptime   arguments after the ID go to ssh
   hakuriver-ssh ssh-config >> ~/.ssh/config    then: ssh/scp/rsync/sftp hakuriver-<ID>
+  hakuriver-ssh --tls trust                     remember a TLS proxy's certificate
 
 Also installed as `hakuriver.ssh`, the name HakuRiver's own client has; both behave the same.";
 
@@ -149,6 +150,14 @@ pub enum Command {
     /// Print a ~/.ssh/config block so `ssh hakuriver-<ID>`, scp, rsync, sftp and
     /// VS Code Remote-SSH work through the proxy
     SshConfig,
+    /// Fetch the TLS proxy's certificate fingerprint and remember it in
+    /// ~/.hakuriver/known_proxies (asks first on a terminal)
+    Trust {
+        /// Only trust the certificate if it has this fingerprint (as printed by
+        /// `hakuriver-ssh-proxy fingerprint` on the Host)
+        #[arg(value_name = "FINGERPRINT")]
+        expected: Option<String>,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) on stdout
     Completions {
         /// The shell.
@@ -316,6 +325,12 @@ mod tests {
         let cli = parse(&["--stdio", "hakuriver-42"]);
         assert!(cli.stdio);
         assert_eq!(cli.task_id.as_deref(), Some("hakuriver-42"));
+
+        let cli = parse(&["trust", "sha256:00"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Trust { expected: Some(_) })
+        ));
 
         let cli = parse(&["completions", "zsh"]);
         assert!(matches!(cli.command, Some(Command::Completions { .. })));

@@ -57,7 +57,7 @@ pub enum ClientError {
     /// The proxy closed the connection before a complete reply line.
     #[error(
         "the HakuRiver proxy at {addr} closed the connection without a reply \
-         (is {addr} really the Host SSH proxy port?)"
+         (is {addr} the Host SSH proxy port? if it speaks TLS, add --tls)"
     )]
     NoReply {
         /// `host:port` as configured.

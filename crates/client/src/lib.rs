@@ -7,7 +7,9 @@
 //!   resolved into [`config::Settings`].
 //! - [`tunnel`]: connect, request, read the reply; returns the stream with any bytes
 //!   that followed `SUCCESS` still buffered.
-//! - [`transport`]: what runs over the TCP socket (plain; TLS slots in here).
+//! - [`transport`]: what runs over the TCP socket: plain, or TLS verified before the
+//!   request is sent.
+//! - [`trust`]: the `~/.hakuriver/known_proxies` store and the `trust` command.
 //! - [`session`]: the interactive mode: local listener, `ssh`, relays, exit status.
 //! - [`stdio`]: the ProxyCommand mode (`--stdio`).
 //! - [`ssh_config`]: the `~/.ssh/config` block `ssh-config` prints.
@@ -22,6 +24,7 @@ pub mod session;
 pub mod ssh_config;
 pub mod stdio;
 pub mod transport;
+pub mod trust;
 pub mod tunnel;
 
 use std::ffi::OsString;
@@ -106,6 +109,7 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
             return Ok(write_stdout(&out));
         }
         Some(Command::SshConfig) => return ssh_config(&cli),
+        Some(Command::Trust { expected }) => return trust(&cli, expected.as_deref()),
         None => {}
     }
     let Some(raw_id) = cli.task_id.as_deref() else {
@@ -133,21 +137,19 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
         )));
     }
     let settings = config::resolve(&cli.overrides())?;
-    let transport = transport_for(&settings)?;
+    let target = Target {
+        host: settings.host.clone(),
+        port: settings.port,
+    };
+    let transport =
+        Transport::from_settings(&settings.tls, &target, cli.conn.tls.trust_on_first_use)?;
     let connector = Connector {
-        target: Target {
-            host: settings.host.clone(),
-            port: settings.port,
-        },
+        target,
         transport,
         connect_timeout: settings.connect_timeout,
         response_timeout: settings.response_timeout,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| ClientError::Usage(format!("cannot start the async runtime: {e}")))?;
+    let runtime = runtime()?;
     let result = if cli.stdio {
         runtime.block_on(stdio::run(connector, task))
     } else {
@@ -165,13 +167,62 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
     result
 }
 
-fn transport_for(settings: &config::Settings) -> Result<Transport, ClientError> {
-    if settings.tls.enable {
-        return Err(ClientError::Usage(
-            "TLS to the proxy is not available in this build yet; use --no-tls".to_owned(),
-        ));
+fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Usage(format!("cannot start the async runtime: {e}")))
+}
+
+/// `trust [FINGERPRINT]`: fetch the proxy's certificate fingerprint, check it against
+/// the expected one (or ask), and store it.
+fn trust(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
+    let settings = config::resolve(&cli.overrides())?;
+    let target = Target {
+        host: settings.host.clone(),
+        port: settings.port,
+    };
+    let expected = expected
+        .map(|fp| {
+            fp.parse::<hakuriver_tunnel::tls::Fingerprint>()
+                .map_err(|e| ClientError::Trust(format!("bad fingerprint {fp:?}: {e}")))
+        })
+        .transpose()?;
+    let store = settings
+        .tls
+        .known_proxies_file
+        .clone()
+        .map(trust::KnownProxies::new)
+        .ok_or_else(|| ClientError::Trust("no known_proxies file (is $HOME set?)".to_owned()))?;
+    let runtime = runtime()?;
+    let fetched = runtime.block_on(transport::fetch_fingerprint(
+        &target,
+        settings.tls.server_name.as_deref(),
+        settings.connect_timeout,
+    ));
+    runtime.shutdown_background();
+    let fingerprint = fetched?;
+    match expected {
+        Some(want) if want != fingerprint => return Err(ClientError::Trust(format!(
+            "the proxy at {target} presents certificate {fingerprint}, not {want}; nothing saved"
+        ))),
+        Some(_) => {}
+        None => {
+            if !trust::confirm(&target.to_string(), fingerprint) {
+                return Err(ClientError::Trust("not trusted; nothing saved".to_owned()));
+            }
+        }
     }
-    Ok(Transport::Plain)
+    let added = store
+        .add(&target.to_string(), fingerprint)
+        .map_err(ClientError::Trust)?;
+    let state = if added { "saved in" } else { "already in" };
+    eprintln!(
+        "{target} {fingerprint} ({state} {}); connect with --tls",
+        store.path().display()
+    );
+    Ok(0)
 }
 
 fn ssh_config(cli: &Cli) -> Result<u8, ClientError> {
@@ -199,6 +250,7 @@ fn ssh_config(cli: &Cli) -> Result<u8, ClientError> {
         ca_file: overrides.ca_file.as_deref().map(absolute),
         fingerprints: overrides.fingerprints.clone(),
         server_name: overrides.server_name.clone(),
+        trust_on_first_use: cli.conn.tls.trust_on_first_use,
     };
     let text = ssh_config::render(&exe, &user, &flags);
     Ok(write_stdout(text.as_bytes()))

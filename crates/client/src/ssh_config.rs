@@ -23,6 +23,8 @@ pub struct ProxyFlags {
     pub fingerprints: Vec<String>,
     /// `--server-name`.
     pub server_name: Option<String>,
+    /// `--trust-on-first-use`.
+    pub trust_on_first_use: bool,
 }
 
 impl ProxyFlags {
@@ -49,6 +51,9 @@ impl ProxyFlags {
         }
         if let Some(v) = &self.server_name {
             push("--server-name", v);
+        }
+        if self.trust_on_first_use {
+            args.push("--trust-on-first-use".to_owned());
         }
         match self.tls {
             Some(true) => args.push("--tls".to_owned()),

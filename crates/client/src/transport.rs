@@ -1,10 +1,20 @@
-//! How the bytes travel to the proxy once TCP is up: plain, or (when built in) TLS
-//! verified before anything about the task is sent.
+//! How the bytes travel to the proxy once TCP is up: plain, or TLS whose certificate is
+//! verified (pinned fingerprint, CA file, system roots, or the trust-on-first-use store)
+//! before anything about the task is sent.
 
+use std::sync::Arc;
+
+use hakuriver_tunnel::tls::{
+    client_config, describe_tls_error, probe_config, CapturedFingerprint, ClientTrust, Fingerprint,
+};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::TlsConnector;
 
+use crate::config::TlsSettings;
 use crate::error::ClientError;
+use crate::trust::KnownProxies;
 use crate::tunnel::{Target, TunnelIo};
 
 /// The transport to the Host proxy.
@@ -12,19 +22,154 @@ use crate::tunnel::{Target, TunnelIo};
 pub enum Transport {
     /// Plain TCP, as HakuRiver's own host proxy speaks.
     Plain,
+    /// TLS (hakuriver-ssh-proxy with `--tls`).
+    Tls(TlsTransport),
+}
+
+/// A ready TLS client configuration for one proxy.
+#[derive(Debug)]
+pub struct TlsTransport {
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    /// Set when the certificate is being trusted on first use: whatever the handshake
+    /// captured is recorded in the store.
+    first_use: Option<(CapturedFingerprint, KnownProxies)>,
 }
 
 impl Transport {
+    /// The transport the settings ask for. Trust order: `--fingerprint`/`fingerprints`,
+    /// else `ca_file`, else a fingerprint stored by `trust` for this proxy, else (with
+    /// `--trust-on-first-use`) accept and store the first certificate, else system roots.
+    pub fn from_settings(
+        tls: &TlsSettings,
+        target: &Target,
+        trust_on_first_use: bool,
+    ) -> Result<Transport, ClientError> {
+        if !tls.enable {
+            return Ok(Transport::Plain);
+        }
+        let tls_error = |reason: String| ClientError::Tls {
+            addr: target.to_string(),
+            reason,
+        };
+        let mut pins = tls
+            .fingerprints
+            .iter()
+            .map(|fp| {
+                fp.parse::<Fingerprint>()
+                    .map_err(|e| tls_error(format!("bad fingerprint {fp:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = tls.known_proxies_file.clone().map(KnownProxies::new);
+        let mut first_use = None;
+        if pins.is_empty() && tls.ca_file.is_none() {
+            if let Some(store) = &store {
+                pins = store
+                    .lookup(&target.to_string())
+                    .map_err(ClientError::Trust)?;
+                if pins.is_empty() && trust_on_first_use {
+                    first_use = Some(store.clone());
+                }
+            } else if trust_on_first_use {
+                return Err(tls_error(
+                    "--trust-on-first-use needs a known_proxies file (no $HOME?)".to_owned(),
+                ));
+            }
+        }
+        let server_name = tls
+            .server_name
+            .clone()
+            .unwrap_or_else(|| target.host.clone());
+        let server_name = ServerName::try_from(server_name.clone())
+            .map_err(|e| tls_error(format!("invalid server name {server_name:?}: {e}")))?;
+        let (config, first_use) = match first_use {
+            Some(store) => {
+                let (config, captured) = probe_config().map_err(|e| tls_error(e.to_string()))?;
+                (config, Some((captured, store)))
+            }
+            None => {
+                let trust = ClientTrust {
+                    pins,
+                    ca_file: tls.ca_file.clone(),
+                };
+                (
+                    client_config(&trust).map_err(|e| tls_error(e.to_string()))?,
+                    None,
+                )
+            }
+        };
+        Ok(Transport::Tls(TlsTransport {
+            config,
+            server_name,
+            first_use,
+        }))
+    }
+
     /// Turns a connected socket into the stream the request goes over. For TLS this is
-    /// where the handshake and certificate verification happen, bounded by `deadline`.
+    /// where the handshake and certificate verification happen, bounded by `deadline`;
+    /// an unverified server never sees the request.
     pub async fn establish(
         &self,
         tcp: TcpStream,
-        _target: &Target,
-        _deadline: Instant,
+        target: &Target,
+        deadline: Instant,
     ) -> Result<Box<dyn TunnelIo>, ClientError> {
-        match self {
-            Transport::Plain => Ok(Box::new(tcp)),
+        let tls = match self {
+            Transport::Plain => return Ok(Box::new(tcp)),
+            Transport::Tls(tls) => tls,
+        };
+        let tls_error = |reason: String| ClientError::Tls {
+            addr: target.to_string(),
+            reason,
+        };
+        let connector = TlsConnector::from(Arc::clone(&tls.config));
+        let stream = timeout_at(deadline, connector.connect(tls.server_name.clone(), tcp))
+            .await
+            .map_err(|_| tls_error("the TLS handshake did not finish in time".to_owned()))?
+            .map_err(|e| tls_error(describe_tls_error(&e)))?;
+        if let Some((captured, store)) = &tls.first_use {
+            let fingerprint = captured
+                .get()
+                .ok_or_else(|| tls_error("the proxy presented no certificate".to_owned()))?;
+            let added = store
+                .add(&target.to_string(), fingerprint)
+                .map_err(ClientError::Trust)?;
+            if added {
+                eprintln!(
+                    "hakuriver-ssh: trusting the proxy at {target} on first use: {fingerprint} \
+                     (saved in {}); compare with `hakuriver-ssh-proxy fingerprint` on the Host",
+                    store.path().display()
+                );
+            }
         }
+        tracing::debug!(proxy = %target, "TLS verified");
+        Ok(Box::new(stream))
     }
+}
+
+/// Connects with TLS accepting any certificate and returns the fingerprint the proxy
+/// presented, for the `trust` command. Nothing is sent over this connection.
+pub async fn fetch_fingerprint(
+    target: &Target,
+    server_name: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<Fingerprint, ClientError> {
+    let tls_error = |reason: String| ClientError::Tls {
+        addr: target.to_string(),
+        reason,
+    };
+    let deadline = Instant::now() + timeout;
+    let tcp = crate::tunnel::connect_tcp(target, deadline, timeout).await?;
+    let name = server_name.map_or_else(|| target.host.clone(), str::to_owned);
+    let name = ServerName::try_from(name.clone())
+        .map_err(|e| tls_error(format!("invalid server name {name:?}: {e}")))?;
+    let (config, captured) = probe_config().map_err(|e| tls_error(e.to_string()))?;
+    let stream = timeout_at(deadline, TlsConnector::from(config).connect(name, tcp))
+        .await
+        .map_err(|_| tls_error("the TLS handshake did not finish in time".to_owned()))?
+        .map_err(|e| tls_error(describe_tls_error(&e)))?;
+    drop(stream);
+    captured
+        .get()
+        .ok_or_else(|| tls_error("the proxy presented no certificate".to_owned()))
 }

@@ -118,7 +118,7 @@ impl Connector {
 
 /// Resolves `target` and connects to its addresses in turn until one answers or the
 /// deadline passes.
-async fn connect_tcp(
+pub(crate) async fn connect_tcp(
     target: &Target,
     deadline: Instant,
     budget: Duration,

@@ -1,0 +1,119 @@
+//! The trust-on-first-use store `~/.hakuriver/known_proxies` and the `trust` command.
+//!
+//! One line per trusted certificate: `<host>:<port> sha256:<hex>`; `#` starts a comment.
+//! Several lines for one proxy are all accepted (certificate rotation).
+
+use std::fs;
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use hakuriver_tunnel::tls::Fingerprint;
+
+/// The store file.
+#[derive(Debug, Clone)]
+pub struct KnownProxies {
+    path: PathBuf,
+}
+
+impl KnownProxies {
+    /// The store at `path` (created on first write).
+    pub fn new(path: PathBuf) -> Self {
+        KnownProxies { path }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The fingerprints stored for `proxy` (`host:port`); none when the file is missing.
+    pub fn lookup(&self, proxy: &str) -> Result<Vec<Fingerprint>, String> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
+        };
+        let mut found = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (Some(name), Some(fp), None) = (words.next(), words.next(), words.next()) else {
+                return Err(format!(
+                    "{} line {}: expected `<host>:<port> sha256:<hex>`",
+                    self.path.display(),
+                    n + 1
+                ));
+            };
+            if name == proxy {
+                found.push(
+                    fp.parse()
+                        .map_err(|e| format!("{} line {}: {e}", self.path.display(), n + 1))?,
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records `fingerprint` for `proxy`; `false` when it was already there.
+    pub fn add(&self, proxy: &str, fingerprint: Fingerprint) -> Result<bool, String> {
+        if self.lookup(proxy)?.contains(&fingerprint) {
+            return Ok(false);
+        }
+        let write_error = |e: io::Error| format!("cannot write {}: {e}", self.path.display());
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(write_error)?;
+        }
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(write_error)?;
+        writeln!(file, "{proxy} {fingerprint}").map_err(write_error)?;
+        Ok(true)
+    }
+}
+
+/// Asks on the terminal whether to trust `fingerprint`; `true` without asking when
+/// stdin is not a terminal (running `trust` is the consent then).
+pub fn confirm(proxy: &str, fingerprint: Fingerprint) -> bool {
+    let stdin = io::stdin();
+    if !stdin.is_terminal() {
+        return true;
+    }
+    eprint!(
+        "The proxy at {proxy} presents certificate {fingerprint}.\n\
+         Compare it with `hakuriver-ssh-proxy fingerprint` on the Host. Trust it? [y/N] "
+    );
+    let _ = io::stderr().flush();
+    let mut answer = String::new();
+    if stdin.lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_and_finds_fingerprints_per_proxy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = KnownProxies::new(dir.path().join("sub/known_proxies"));
+        assert_eq!(store.lookup("h:1").expect("empty"), vec![]);
+        let a = Fingerprint::from_bytes([1; 32]);
+        let b = Fingerprint::from_bytes([2; 32]);
+        assert!(store.add("h:1", a).expect("add"));
+        assert!(!store.add("h:1", a).expect("again"));
+        assert!(store.add("h:1", b).expect("rotation"));
+        assert!(store.add("[::1]:1", b).expect("other"));
+        assert_eq!(store.lookup("h:1").expect("read"), vec![a, b]);
+        assert_eq!(store.lookup("[::1]:1").expect("read"), vec![b]);
+        assert_eq!(store.lookup("h:2").expect("read"), vec![]);
+        fs::write(store.path(), "# comment\nh:1 nonsense\n").expect("write");
+        assert!(store.lookup("h:1").is_err());
+    }
+}
