@@ -12,6 +12,9 @@ pub enum Refusal {
     /// The request line itself was bad, late or unreadable.
     #[error("{0}")]
     Request(#[from] RequestError),
+    /// A TLS ClientHello arrived on a plain listener.
+    #[error("Invalid request format.")]
+    TlsOnPlainPort,
     /// No such task.
     #[error("Task {0} not found.")]
     NotFound(TaskId),
@@ -71,6 +74,10 @@ impl Refusal {
                 text
             }
             Refusal::Internal(detail) => detail.clone(),
+            Refusal::TlsOnPlainPort => {
+                "TLS ClientHello on a plain port (the client should use a TLS port, or no TLS)"
+                    .to_owned()
+            }
             other => other.to_string(),
         }
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hakuriver_tunnel::protocol::{self, Line, Response, MAX_REQUEST_LINE, SUCCESS_LINE};
 use hakuriver_tunnel::{net::tune_tcp, relay, Request, RequestError, TaskId};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -367,15 +367,30 @@ where
     }
 }
 
+/// First byte of a TLS handshake record: a TLS client on a plain port.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Reads and parses the request line under `timeout`.
-pub async fn read_request<R>(reader: &mut R, timeout: Duration) -> Result<Request, RequestError>
+pub async fn read_request<R>(reader: &mut R, timeout: Duration) -> Result<Request, Refusal>
 where
     R: tokio::io::AsyncBufRead + Unpin,
 {
-    match tokio::time::timeout(timeout, protocol::read_line(reader, MAX_REQUEST_LINE)).await {
-        Err(_) => Err(RequestError::Timeout),
-        Ok(Err(_)) | Ok(Ok(Line::Eof(_))) | Ok(Ok(Line::TooLong)) => Err(RequestError::Unreadable),
-        Ok(Ok(Line::Complete(line))) => protocol::parse_request(&line),
+    let read = async {
+        // A ClientHello has no newline to wait for: recognise it by its first byte.
+        if reader.fill_buf().await?.first() == Some(&TLS_HANDSHAKE_RECORD) {
+            return Ok(None);
+        }
+        protocol::read_line(reader, MAX_REQUEST_LINE)
+            .await
+            .map(Some)
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(RequestError::Timeout.into()),
+        Ok(Ok(None)) => Err(Refusal::TlsOnPlainPort),
+        Ok(Err(_)) | Ok(Ok(Some(Line::Eof(_)))) | Ok(Ok(Some(Line::TooLong))) => {
+            Err(RequestError::Unreadable.into())
+        }
+        Ok(Ok(Some(Line::Complete(line)))) => Ok(protocol::parse_request(&line)?),
     }
 }
 
