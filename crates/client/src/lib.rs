@@ -86,8 +86,12 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_env("HAKURIVER_SSH_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!("hakuriver_ssh={level},hakuriver_tunnel={level}"))
     });
+    // Colours only for a person watching; never escape codes into a log file or pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
@@ -204,9 +208,11 @@ fn trust(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
     runtime.shutdown_background();
     let fingerprint = fetched?;
     match expected {
-        Some(want) if want != fingerprint => return Err(ClientError::Trust(format!(
+        Some(want) if want != fingerprint => {
+            return Err(ClientError::Trust(format!(
             "the proxy at {target} presents certificate {fingerprint}, not {want}; nothing saved"
-        ))),
+        )))
+        }
         Some(_) => {}
         None => {
             if !trust::confirm(&target.to_string(), fingerprint) {
