@@ -76,7 +76,7 @@ impl World {
         )
         .unwrap();
         fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
-        w.write_config(w.proxy.addr().port(), "");
+        w.write_config(w.proxy.listeners()[0].0.port(), "");
         w
     }
 
@@ -779,4 +779,56 @@ fn tls_trust_on_first_use_and_the_trust_command() {
     let out = run(&mut ssh, b"", SSH_TIMEOUT).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
     assert_eq!(text(&out.stdout), "stdio over tls\n");
+}
+
+#[test]
+fn tls_with_a_ca_file_checks_the_name() {
+    // A CA and a proxy certificate for localhost/127.0.0.1, minted now.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let pki = tempfile::tempdir().unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        pki.path().join("ca.pem"),
+        pki.path().join("cert.pem"),
+        pki.path().join("key.pem"),
+    );
+    fs::write(&ca_pem, ca.pem()).unwrap();
+    fs::write(&cert_pem, cert.pem()).unwrap();
+    fs::write(&key_pem, key.serialize_pem()).unwrap();
+
+    let w = World::start_with(|db| {
+        Proxy::builder(db)
+            .arg("--tls")
+            .arg("--tls-cert")
+            .arg(&cert_pem)
+            .arg("--tls-key")
+            .arg(&key_pem)
+            .start()
+    });
+    w.write_config(w.proxy.tls_addr().port(), "");
+    let ca_arg = ca_pem.display().to_string();
+    let session = |flags: &[&str]| {
+        let mut args = vec!["--tls", "--ca-file", &ca_arg];
+        args.extend_from_slice(flags);
+        let task = TASK_OK.to_string();
+        args.push(&task);
+        let mut cmd = w.client(&args);
+        cmd.args(w.sshd.ssh_opts()).arg("echo ca ok");
+        run(&mut cmd, b"", SSH_TIMEOUT).unwrap()
+    };
+    let out = session(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
+    assert_eq!(text(&out.stdout), "ca ok\n");
+    let out = session(&["--server-name", "localhost"]);
+    assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
+    fs::remove_file(w.path("ssh-ran")).unwrap();
+    let out = session(&["--server-name", "elsewhere.example"]);
+    assert_one_line_failure(&w, &out, "not valid for");
 }
