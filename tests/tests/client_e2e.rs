@@ -37,7 +37,7 @@ struct World {
 
 impl World {
     fn start() -> World {
-        World::start_with(|db| Proxy::start(db))
+        World::start_with(Proxy::start)
     }
 
     /// Our proxy with a TLS main listener (self-signed certificate) and an extra plain one.
