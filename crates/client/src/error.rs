@@ -95,7 +95,10 @@ pub enum ClientError {
         /// The I/O error.
         source: io::Error,
     },
-    /// Wrong combination of arguments that clap cannot express.
+    /// Wrong combination of arguments that clap cannot express (exit status 2).
+    #[error("{0}")]
+    Arguments(String),
+    /// A local resource the client needs is unavailable (runtime, own path, output).
     #[error("{0}")]
     Usage(String),
     /// A relay in `--stdio` mode ended with an error.
@@ -111,7 +114,18 @@ pub enum ClientError {
     Trust(String),
 }
 
+/// Exit status for command-line mistakes, as clap uses.
+pub const EXIT_USAGE: u8 = 2;
+
 impl ClientError {
+    /// The exit status this failure gives: 2 for argument mistakes, else 255.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Arguments(_) => EXIT_USAGE,
+            _ => EXIT_CONNECT_FAILED,
+        }
+    }
+
     /// The line printed on stderr. `Proxy Error: ...` stands alone as HakuRiver's
     /// client prints it; everything else names the program that failed.
     pub fn user_line(&self, program: &str) -> String {

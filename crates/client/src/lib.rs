@@ -35,7 +35,7 @@ use clap::CommandFactory;
 use hakuriver_tunnel::TaskId;
 
 use crate::cli::{Cli, Command};
-use crate::error::{ClientError, EXIT_CONNECT_FAILED};
+use crate::error::ClientError;
 use crate::transport::Transport;
 use crate::tunnel::{Connector, Target};
 
@@ -62,7 +62,7 @@ where
         Ok(code) => code,
         Err(e) => {
             eprintln!("{}", e.user_line(&program));
-            EXIT_CONNECT_FAILED
+            e.exit_code()
         }
     }
 }
@@ -120,7 +120,7 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
         let mut cmd = Cli::command();
         let e = cmd.error(
             clap::error::ErrorKind::MissingRequiredArgument,
-            "a TASK_ID is required (or a command: ssh-config, completions, man)",
+            "a TASK_ID is required (or a command: ssh-config, trust, completions, man)",
         );
         let _ = e.print();
         return Ok(2);
@@ -135,7 +135,7 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
         .parse()
         .map_err(|_| ClientError::InvalidTaskId(raw_id.to_owned()))?;
     if cli.stdio && !cli.ssh_args.is_empty() {
-        return Err(ClientError::Usage(format!(
+        return Err(ClientError::Arguments(format!(
             "--stdio takes only the task ID, not {:?}",
             cli.ssh_args
         )));
