@@ -31,6 +31,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// Concurrent connections from one client address.
 pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Task lookups one client address may make per minute (a burst of this many, then
+/// refilled evenly): far above what people opening SSH sessions need, far below what
+/// enumerating task IDs needs.
+pub const LOOKUPS_PER_MINUTE_PER_IP: u32 = 600;
 
 /// The whole file: HakuRiver's sections we read, ours, and nothing else checked.
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +61,8 @@ struct ProxySection {
     state_dir: Option<PathBuf>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    lookups_per_minute_per_ip: Option<u32>,
+    allowed_clients: Option<Vec<String>>,
     #[serde(default)]
     tls: TlsSection,
 }
@@ -154,12 +160,74 @@ pub enum CertSource {
 }
 
 /// Connection limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
     /// Concurrent connections in total.
     pub max_connections: usize,
     /// Concurrent connections per client IP.
     pub max_connections_per_ip: usize,
+    /// Task lookups per client IP and minute; 0: unlimited.
+    pub lookups_per_minute_per_ip: u32,
+    /// Client networks allowed to connect; empty: everyone.
+    pub allowed_clients: Vec<Cidr>,
+}
+
+/// An IP network such as `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.trim().parse().with_context(|| {
+            format!("allowed_clients: {text:?} is not an IP address or network")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .with_context(|| {
+                    format!("allowed_clients: {text:?} has an invalid prefix length")
+                })?,
+        };
+        Ok(Cidr {
+            addr: addr.to_canonical(),
+            prefix,
+        })
+    }
 }
 
 /// Fully resolved settings.
@@ -312,6 +380,15 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
     let limits = Limits {
         max_connections: p.max_connections.unwrap_or(MAX_CONNECTIONS),
         max_connections_per_ip: p.max_connections_per_ip.unwrap_or(MAX_CONNECTIONS_PER_IP),
+        lookups_per_minute_per_ip: p
+            .lookups_per_minute_per_ip
+            .unwrap_or(LOOKUPS_PER_MINUTE_PER_IP),
+        allowed_clients: p
+            .allowed_clients
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_>>()?,
     };
     if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
         bail!("[ssh_proxy] max_connections and max_connections_per_ip must be greater than 0");
@@ -489,6 +566,8 @@ idle_timeout_secs = 3600
 log_format = "json"
 max_connections = 10
 max_connections_per_ip = 2
+lookups_per_minute_per_ip = 0
+allowed_clients = ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]
 [ssh_proxy.tls]
 enable = true
 listen = ["0.0.0.0:8443"]
@@ -502,6 +581,20 @@ key_file = "/etc/k.pem"
         assert_eq!(s.shutdown_grace, Duration::ZERO);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.limits.max_connections, 10);
+        assert_eq!(s.limits.lookups_per_minute_per_ip, 0);
+        let allowed = |ip: &str| {
+            s.limits
+                .allowed_clients
+                .iter()
+                .any(|c| c.contains(ip.parse().expect("ip")))
+        };
+        assert!(
+            allowed("10.1.2.3")
+                && allowed("192.168.1.7")
+                && allowed("fd00::1")
+                && allowed("::ffff:10.0.0.1")
+        );
+        assert!(!allowed("11.0.0.1") && !allowed("192.168.1.8") && !allowed("fe80::1"));
         assert_eq!(s.listeners.len(), 3);
         assert!(s.listeners[0].tls && !s.listeners[1].tls && s.listeners[2].tls);
         assert_eq!(
@@ -524,6 +617,20 @@ key_file = "/etc/k.pem"
     }
 
     #[test]
+    fn cidr_edges() {
+        let any4: Cidr = "0.0.0.0/0".parse().expect("cidr");
+        assert!(any4.contains("1.2.3.4".parse().expect("ip")));
+        assert!(!any4.contains("::1".parse().expect("ip")));
+        let any6: Cidr = "::/0".parse().expect("cidr");
+        assert!(any6.contains("2001:db8::1".parse().expect("ip")));
+        let one: Cidr = "127.0.0.1".parse().expect("cidr");
+        assert!(
+            one.contains("127.0.0.1".parse().expect("ip"))
+                && !one.contains("127.0.0.2".parse().expect("ip"))
+        );
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         let bad = [
             "[ssh_proxy]\nrequest_timeout_secs = 0\n",
@@ -532,6 +639,8 @@ key_file = "/etc/k.pem"
             "[ssh_proxy.tls]\ncert_file = \"/c.pem\"\n",
             "[network]\nhost_ssh_proxy_port = 70000\n",
             "[ssh_proxy]\nmax_connections = 0\n",
+            "[ssh_proxy]\nallowed_clients = [\"10.0.0.0/33\"]\n",
+            "[ssh_proxy]\nallowed_clients = [\"example.org\"]\n",
         ];
         for text in bad {
             assert!(from_str(text, &Overrides::default()).is_err(), "{text}");

@@ -54,6 +54,12 @@ pub enum Refusal {
     /// The proxy is at `max_connections`.
     #[error("Too many connections; try again later.")]
     TooManyConnections,
+    /// This client address used up its `lookups_per_minute_per_ip`.
+    #[error("Too many requests from your address; try again later.")]
+    TooManyLookups,
+    /// This client address is not in `allowed_clients`.
+    #[error("Connections from your address are not allowed.")]
+    NotAllowed,
     /// This client address is at `max_connections_per_ip`.
     #[error("Too many connections from your address; try again later.")]
     TooManyFromPeer,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hakuriver_tunnel::protocol::{self, Line, Response, MAX_REQUEST_LINE, SUCCESS_LINE};
+use hakuriver_tunnel::relay::{RelayOutcome, RelayStats};
 use hakuriver_tunnel::{net::tune_tcp, relay, Request, RequestError, TaskId};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -78,7 +79,18 @@ pub struct ProxyState {
     /// Counters.
     pub stats: Stats,
     connections: Mutex<Connections>,
+    lookups: Mutex<HashMap<IpAddr, Bucket>>,
 }
+
+/// A token bucket of task lookups for one client address.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Above this many tracked addresses, buckets that have refilled completely are dropped.
+const MAX_TRACKED_ADDRESSES: usize = 4096;
 
 impl std::fmt::Debug for ProxyState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,7 +123,47 @@ impl ProxyState {
             tls,
             stats: Stats::default(),
             connections: Mutex::new(Connections::default()),
+            lookups: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `ip` may connect at all (`allowed_clients`).
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.limits.allowed_clients.is_empty()
+            || self
+                .limits
+                .allowed_clients
+                .iter()
+                .any(|net| net.contains(ip))
+    }
+
+    /// Takes one lookup from `ip`'s bucket, or refuses when it is empty.
+    fn take_lookup(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let per_minute = self.limits.lookups_per_minute_per_ip;
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let capacity = f64::from(per_minute);
+        let refill_per_sec = capacity / 60.0;
+        let now = Instant::now();
+        let mut buckets = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_TRACKED_ADDRESSES {
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * refill_per_sec < capacity
+            });
+        }
+        let bucket = buckets.entry(ip.to_canonical()).or_insert(Bucket {
+            tokens: capacity,
+            updated: now,
+        });
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * refill_per_sec).min(capacity);
+        bucket.updated = now;
+        if bucket.tokens < 1.0 {
+            return Err(Refusal::TooManyLookups);
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
     }
 
     /// Counts a new connection against the limits, or says which limit it hit.
@@ -228,7 +280,12 @@ async fn accept_loop(
             }
         };
         let tls = listener.tls;
-        match state.admit(peer.ip()) {
+        let admitted = if state.allowed(peer.ip()) {
+            state.admit(peer.ip())
+        } else {
+            Err(Refusal::NotAllowed)
+        };
+        match admitted {
             Ok(slot) => {
                 let state = Arc::clone(&state);
                 let force = force.clone();
@@ -297,6 +354,7 @@ where
     let opened = async {
         let request = read_request(&mut client, state.timeouts.request).await?;
         task_id = Some(request.task_id);
+        state.take_lookup(peer.ip())?;
         let route = state.directory.lookup_async(request.task_id).await?;
         let runner = connect_runner(&route, request.task_id, state.timeouts.connect).await?;
         Ok::<_, Refusal>((request.task_id, route, runner))
@@ -337,8 +395,14 @@ where
     state.stats.changed.notify_one();
     info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, "tunnel opened");
     let started = Instant::now();
+    let relayed = async {
+        match state.timeouts.idle {
+            None => relay(&mut client, &mut runner).await,
+            Some(idle) => relay_until_idle(&mut client, &mut runner, idle).await,
+        }
+    };
     let outcome = tokio::select! {
-        outcome = relay(&mut client, &mut runner) => Some(outcome),
+        outcome = relayed => Some(outcome),
         () = force.cancelled() => None,
     };
     state.stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -364,6 +428,116 @@ where
         None => {
             info!(task_id = %task_id, peer = %peer, runner = %runner_addr, duration_ms, "tunnel cut at shutdown")
         }
+    }
+}
+
+/// [`relay`], ended when no byte moved either way for `idle`.
+async fn relay_until_idle<S>(client: &mut S, runner: &mut TcpStream, idle: Duration) -> RelayOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut watched = Watched {
+        inner: client,
+        started,
+        last: &last,
+        up: 0,
+        down: 0,
+    };
+    let finished = {
+        let relayed = relay(&mut watched, runner);
+        tokio::pin!(relayed);
+        let mut deadline = started + idle;
+        loop {
+            tokio::select! {
+                outcome = &mut relayed => break Some(outcome),
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    let active = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+                    if active <= Instant::now() {
+                        break None;
+                    }
+                    deadline = active;
+                }
+            }
+        }
+    };
+    if let Some(outcome) = finished {
+        return outcome;
+    }
+    RelayOutcome {
+        stats: RelayStats {
+            a_to_b: watched.up,
+            b_to_a: watched.down,
+        },
+        result: Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("idle for {}s", idle.as_secs_f64()),
+        )),
+    }
+}
+
+/// Stamps the time of the last byte read from or written to the client, and counts them.
+struct Watched<'a, S> {
+    inner: &'a mut S,
+    started: Instant,
+    last: &'a AtomicU64,
+    up: u64,
+    down: u64,
+}
+
+impl<S> Watched<'_, S> {
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.up += n as u64;
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = poll {
+            if n > 0 {
+                self.down += n as u64;
+                self.touch();
+            }
+        }
+        poll
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 

@@ -1,5 +1,6 @@
 //! In-process integration tests of `serve()`: real sockets on 127.0.0.1:0, SQLite files
 //! with HakuRiver 0.3.0's exact schema, fake runners that script their side.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,10 +29,13 @@ fn timeouts() -> Timeouts {
     }
 }
 
-const LIMITS: Limits = Limits {
-    max_connections: 1000,
-    max_connections_per_ip: 100,
-};
+fn limits() -> Limits {
+    Limits {
+        max_connections: 1000,
+        max_connections_per_ip: 100,
+        ..Limits::default()
+    }
+}
 
 struct Proxy {
     addr: SocketAddr,
@@ -167,7 +171,7 @@ async fn refusals_use_hakurivers_texts() {
             Some(runner_port),
         );
     }
-    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    let proxy = start_proxy(&db, timeouts(), limits(), Duration::from_secs(5)).await;
     let cases: &[(&[u8], &str)] = &[
         (b"REQUEST_TUNNEL 424242\n", "ERROR Task 424242 not found.\n"),
         (b"REQUEST_TUNNEL 2\n", "ERROR Task 2 is not a VPS task.\n"),
@@ -281,7 +285,7 @@ async fn relays_both_directions_at_once_with_pipelined_bytes() {
             Some(i64::from(port)),
         );
     }
-    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    let proxy = start_proxy(&db, timeouts(), limits(), Duration::from_secs(5)).await;
     let up = pattern(8 << 20, 3);
     let down = pattern(6 << 20, 101);
     let runner_task = scripted_runner(runner, down.clone());
@@ -329,7 +333,7 @@ async fn one_tunnel(port: u16) -> (tempfile::TempDir, Proxy, TcpStream) {
             Some(i64::from(port)),
         );
     }
-    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    let proxy = start_proxy(&db, timeouts(), limits(), Duration::from_secs(5)).await;
     let (reply, stream) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
     assert_eq!(reply, b"SUCCESS\n");
     (dir, proxy, stream)
@@ -417,7 +421,7 @@ async fn client_abort_closes_the_runner_side() {
 #[tokio::test]
 async fn database_missing_then_created_then_replaced_then_garbage() {
     let (_dir, db) = temp_db();
-    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    let proxy = start_proxy(&db, timeouts(), limits(), Duration::from_secs(5)).await;
     let internal = "ERROR Internal server error during task lookup.\n";
     let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
     assert_eq!(
@@ -474,7 +478,7 @@ async fn a_locked_database_fails_one_request_then_recovers() {
     let writer = create_db(&db);
     add_node(&writer, "n1", "http://127.0.0.1:8001", "online");
     add_task(&writer, 1, "vps", "completed", Some("n1"), Some(1));
-    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_secs(5)).await;
+    let proxy = start_proxy(&db, timeouts(), limits(), Duration::from_secs(5)).await;
     // An exclusive transaction blocks readers in rollback-journal mode (HakuRiver's).
     writer
         .execute_batch("BEGIN EXCLUSIVE; UPDATE task SET status = 'running';")
@@ -509,6 +513,7 @@ async fn per_ip_limit_refuses_in_one_line() {
     let limits = Limits {
         max_connections: 10,
         max_connections_per_ip: 1,
+        ..Limits::default()
     };
     let proxy = start_proxy(&db, timeouts(), limits, Duration::from_secs(5)).await;
     let (reply, first) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
@@ -565,7 +570,7 @@ async fn grace_period_over_cuts_remaining_tunnels() {
             Some(i64::from(port)),
         );
     }
-    let proxy = start_proxy(&db, timeouts(), LIMITS, Duration::from_millis(200)).await;
+    let proxy = start_proxy(&db, timeouts(), limits(), Duration::from_millis(200)).await;
     let (reply, mut client) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
     assert_eq!(reply, b"SUCCESS\n");
     let (_runner_side, _) = within("accept", runner.accept()).await.expect("accept");
@@ -576,5 +581,109 @@ async fn grace_period_over_cuts_remaining_tunnels() {
         read_to_end(&mut client).await,
         b"",
         "client sees the cut tunnel close"
+    );
+}
+
+async fn db_with_task_7(port: u16) -> (tempfile::TempDir, PathBuf) {
+    let (dir, db) = temp_db();
+    let conn = create_db(&db);
+    add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
+    add_task(
+        &conn,
+        7,
+        "vps",
+        "running",
+        Some("n1"),
+        Some(i64::from(port)),
+    );
+    (dir, db)
+}
+
+#[tokio::test]
+async fn clients_outside_allowed_networks_are_refused() {
+    let (_dir, db) = db_with_task_7(1).await;
+    let only_lan = Limits {
+        allowed_clients: vec!["10.0.0.0/8".parse().expect("cidr")],
+        ..limits()
+    };
+    let proxy = start_proxy(&db, timeouts(), only_lan, Duration::from_secs(5)).await;
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
+    assert_eq!(
+        reply,
+        b"ERROR Connections from your address are not allowed.\n"
+    );
+    let loopback = Limits {
+        allowed_clients: vec!["127.0.0.0/8".parse().expect("cidr")],
+        ..limits()
+    };
+    let proxy = start_proxy(&db, timeouts(), loopback, Duration::from_secs(5)).await;
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 8\n").await;
+    assert_eq!(reply, b"ERROR Task 8 not found.\n");
+}
+
+#[tokio::test]
+async fn lookup_rate_per_address_slows_enumeration() {
+    let (_dir, db) = db_with_task_7(1).await;
+    let three = Limits {
+        lookups_per_minute_per_ip: 3,
+        ..limits()
+    };
+    let proxy = start_proxy(&db, timeouts(), three, Duration::from_secs(5)).await;
+    for id in 100..103 {
+        let (reply, _) = exchange(proxy.addr, format!("REQUEST_TUNNEL {id}\n").as_bytes()).await;
+        assert_eq!(reply, format!("ERROR Task {id} not found.\n").as_bytes());
+    }
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 103\n").await;
+    assert_eq!(
+        reply,
+        b"ERROR Too many requests from your address; try again later.\n"
+    );
+    // Malformed requests never reach the database and cost nothing.
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL x\n").await;
+    assert_eq!(reply, b"ERROR Invalid task ID format.\n");
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_silent_tunnels_only() {
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let port = runner.local_addr().expect("addr").port();
+    let (_dir, db) = db_with_task_7(port).await;
+    let idle = Timeouts {
+        idle: Some(Duration::from_millis(300)),
+        ..timeouts()
+    };
+    let proxy = start_proxy(&db, idle, limits(), Duration::from_secs(5)).await;
+    let (reply, mut client) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
+    assert_eq!(reply, b"SUCCESS\n");
+    let (mut runner_side, _) = within("accept", runner.accept()).await.expect("accept");
+    // Traffic keeps the tunnel open past the idle period: each echo is well within it.
+    let mut buf = [0u8; 4];
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(900) {
+        client.write_all(b"ping").await.expect("write");
+        within("runner reads", runner_side.read_exact(&mut buf))
+            .await
+            .expect("read");
+        runner_side.write_all(b"pong").await.expect("write");
+        within("client reads", client.read_exact(&mut buf))
+            .await
+            .expect("read");
+        assert_eq!(&buf, b"pong");
+    }
+    // Silence: the proxy closes both legs.
+    assert_eq!(read_to_end(&mut client).await, b"");
+    assert_eq!(
+        within("runner side closed", runner_side.read(&mut buf))
+            .await
+            .expect("read"),
+        0
+    );
+    assert_eq!(
+        proxy
+            .state
+            .stats
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
     );
 }

@@ -1,6 +1,7 @@
 //! systemd integration of the real binary: socket activation (as systemd passes fds, and
 //! through Debian's `systemd-socket-activate`), sd_notify messages and watchdog pings on a
 //! test `NOTIFY_SOCKET`, journald's native protocol field by field, and bad passed fds.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};

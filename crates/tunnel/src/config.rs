@@ -73,7 +73,7 @@ impl<'de> Deserialize<'de> for Seconds {
         }
         match Number::deserialize(deserializer)? {
             Number::Int(secs) => Ok(Seconds(Duration::from_secs(secs))),
-            Number::Float(secs) if secs.is_finite() && secs >= 0.0 && secs < 1e12 => {
+            Number::Float(secs) if (0.0..1e12).contains(&secs) => {
                 Ok(Seconds(Duration::from_secs_f64(secs)))
             }
             Number::Float(secs) => Err(serde::de::Error::custom(format!(

@@ -375,7 +375,7 @@ mod tests {
     #[tokio::test]
     async fn read_line_caps_and_reports_eof() {
         use tokio::io::BufReader;
-        let long = vec![b'x'; 100];
+        let long = [b'x'; 100];
         let mut reader = BufReader::with_capacity(7, &long[..]);
         assert_eq!(read_line(&mut reader, 50).await.ok(), Some(Line::TooLong));
         // A newline exactly at the cap still fits; one byte later does not.

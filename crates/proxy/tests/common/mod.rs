@@ -1,5 +1,5 @@
 //! Shared fixtures: SQLite files with HakuRiver 0.3.0's exact schema.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
