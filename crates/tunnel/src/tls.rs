@@ -925,6 +925,17 @@ pub fn pin_mismatch(err: &io::Error) -> Option<&PinMismatch> {
 const PIN_HINT: &str =
     "run `hakuriver-ssh-proxy fingerprint` on the Host and pass it with --fingerprint";
 
+/// rustls describes presented names in debug form (`DnsName("a.example")`,
+/// `IpAddress(192.0.2.1)`); users want the names.
+fn plain_name(debug: &str) -> &str {
+    for prefix in ["DnsName(", "IpAddress(", "Uri("] {
+        if let Some(inner) = debug.strip_prefix(prefix).and_then(|r| r.strip_suffix(')')) {
+            return inner.trim_matches('"');
+        }
+    }
+    debug
+}
+
 /// A one-line explanation of a failed TLS connection to the proxy, for the user.
 pub fn describe_tls_error(err: &io::Error) -> String {
     if let Some(tls) = rustls_error(err) {
@@ -987,7 +998,7 @@ fn describe_certificate_error(err: &CertificateError) -> String {
             let names = if presented.is_empty() {
                 "no names".to_owned()
             } else {
-                presented.join(", ")
+                presented.iter().map(|n| plain_name(n)).collect::<Vec<_>>().join(", ")
             };
             format!(
                 "the proxy's certificate is not valid for {:?} (it is for {names}); \
@@ -1081,6 +1092,13 @@ fn is_leap(year: u64) -> bool {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_names_read_plainly() {
+        assert_eq!(plain_name("DnsName(\"a.example\")"), "a.example");
+        assert_eq!(plain_name("IpAddress(192.0.2.1)"), "192.0.2.1");
+        assert_eq!(plain_name("something else"), "something else");
+    }
     use rustls::pki_types::PrivatePkcs8KeyDer;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
