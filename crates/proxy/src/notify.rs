@@ -64,6 +64,9 @@ pub async fn report(state: Arc<ProxyState>, stop: CancellationToken) {
         match watchdog {
             Some(every) => {
                 let mut ticks = tokio::time::interval(every);
+                // After a stall, ping once and keep the cadence; a burst of catch-up pings
+                // would tell systemd nothing.
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticks.tick().await;
                     send(&[NotifyState::Watchdog]);
