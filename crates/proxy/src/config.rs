@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hakuriver_tunnel::config::{DatabaseSection, NetworkSection, Seconds, DEFAULT_PROXY_PORT};
+pub use hakuriver_tunnel::tls::CertSource;
 use serde::Deserialize;
 
 /// HakuRiver's default `[network] host_bind_ip`.
@@ -142,23 +143,6 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
 }
 
-/// Where the TLS certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertSource {
-    /// PEM files (chain, key), reloaded on SIGHUP.
-    Files {
-        /// Certificate chain, leaf first.
-        cert: PathBuf,
-        /// Private key.
-        key: PathBuf,
-    },
-    /// Generated once into the state directory.
-    SelfSigned {
-        /// Subject alternative names.
-        names: Vec<String>,
-    },
-}
-
 /// Connection limits.
 #[derive(Debug, Clone, Default)]
 pub struct Limits {
@@ -245,9 +229,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Log output.
     pub log_format: LogFormat,
-    /// State directory (self-signed certificate).
-    pub state_dir: PathBuf,
-    /// TLS certificate source (used when any listener speaks TLS).
+    /// TLS certificate source (used when any listener speaks TLS): PEM files, or the
+    /// self-signed certificate in the state directory.
     pub cert: CertSource,
     /// Connection limits.
     pub limits: Limits,
@@ -341,17 +324,6 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
         listeners.push(spec);
     }
 
-    let cert = match (
-        o.tls_cert.clone().or(p.tls.cert_file),
-        o.tls_key.clone().or(p.tls.key_file),
-    ) {
-        (Some(cert), Some(key)) => CertSource::Files { cert, key },
-        (None, None) => CertSource::SelfSigned {
-            names: p.tls.names.unwrap_or_else(default_names),
-        },
-        _ => bail!("[ssh_proxy.tls] cert_file and key_file must be given together"),
-    };
-
     let positive = |name: &str, value: Option<Seconds>, default: Duration| -> Result<Duration> {
         let value = value.map_or(default, |s| s.0);
         if value.is_zero() {
@@ -400,6 +372,18 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
         .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|v| first_path(&v)))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
 
+    let cert = match (
+        o.tls_cert.clone().or(p.tls.cert_file),
+        o.tls_key.clone().or(p.tls.key_file),
+    ) {
+        (Some(cert), Some(key)) => CertSource::Files { cert, key },
+        (None, None) => CertSource::SelfSigned {
+            state_dir,
+            names: p.tls.names.unwrap_or_else(default_names),
+        },
+        _ => bail!("[ssh_proxy.tls] cert_file and key_file must be given together"),
+    };
+
     Ok(Settings {
         config_path,
         listeners,
@@ -411,7 +395,6 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
         timeouts,
         shutdown_grace: p.shutdown_grace_secs.map_or(SHUTDOWN_GRACE, |s| s.0),
         log_format: o.log_format.or(p.log_format).unwrap_or_default(),
-        state_dir,
         cert,
         limits,
     })

@@ -28,9 +28,10 @@ impl ServingCert {
     pub fn load(settings: &Settings) -> Result<Self> {
         let store = match &settings.cert {
             CertSource::Files { cert, key } => ServerCertStore::from_files(cert, key),
-            CertSource::SelfSigned { names } => {
-                ServerCertStore::self_signed(&settings.state_dir, names)
+            CertSource::SelfSigned { state_dir, names } => {
+                ServerCertStore::self_signed(state_dir, names)
             }
+            CertSource::Memory => anyhow::bail!("no TLS certificate configured"),
         }
         .context("cannot load the TLS certificate")?;
         let store = Arc::new(store);
