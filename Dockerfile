@@ -15,40 +15,45 @@
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
+# ---------------------------------------------------------------- manifests
+# Every Cargo.toml of the workspace plus Cargo.lock, and nothing else, whatever
+# the members are: the build stage copies this tree, so its dependency layer is
+# reused until a manifest or the lock file changes.
+FROM ${RUST_IMAGE} AS manifests
+WORKDIR /src
+COPY . .
+RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock -delete && \
+    find . -depth -type d -empty -delete
+
 # ---------------------------------------------------------------- build
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 
-# 1. Manifests only, with empty stand-ins for every workspace target: this layer,
-#    and the dependency build below, stay cached until a manifest or the lock
-#    file changes. A target whose path a manifest names explicitly
-#    (`path = "..."` in [lib]/[[bin]]/[[test]]/...) gets a stub file too.
-COPY Cargo.toml Cargo.lock ./
-COPY crates/tunnel/Cargo.toml crates/tunnel/
-COPY crates/proxy/Cargo.toml crates/proxy/
-COPY crates/client/Cargo.toml crates/client/
-COPY tests/Cargo.toml tests/
+# 1. Manifests only, with empty stand-ins for every package's targets (and for a
+#    target whose path a manifest names explicitly: `path = "....rs"`); then
+#    compile the dependencies alone. The stubs are removed afterwards, so none
+#    of them survives where the real tree has no such file.
+COPY --from=manifests /src/ ./
 RUN set -eu; \
-    for m in crates/tunnel crates/proxy crates/client tests; do \
+    find . -mindepth 2 -name Cargo.toml | while read -r manifest; do \
+      m=$(dirname "$manifest"); \
       mkdir -p "$m/src"; \
       echo '//! build stub' > "$m/src/lib.rs"; \
       echo 'fn main() {}' > "$m/src/main.rs"; \
-      sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$m/Cargo.toml" | \
-      while read -r p; do \
-        case "$p" in *.rs) mkdir -p "$m/$(dirname "$p")"; echo 'fn main() {}' > "$m/$p" ;; esac; \
-      done; \
+      sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' "$manifest" | \
+      while read -r p; do mkdir -p "$m/$(dirname "$p")"; echo 'fn main() {}' > "$m/$p"; done; \
     done; \
     cargo build --release --locked -p hakuriver-ssh-proxy -p hakuriver-ssh; \
+    find . -path ./target -prune -o -type f -name '*.rs' -exec rm -f {} +; \
     rm -f target/release/hakuriver-ssh-proxy target/release/hakuriver-ssh
 
-# 2. The real sources. COPY keeps the files' original modification times, which
-#    can be older than the stub build: touch them so cargo sees them as changed.
-COPY crates crates
-COPY tests tests
+# 2. The real sources. COPY keeps the files' modification times, which can be
+#    older than the stub build: touch them so cargo sees them as changed.
+COPY . .
 RUN set -eu; \
-    find crates tests -type f -exec touch {} +; \
+    find . -path ./target -prune -o -type f -name '*.rs' -exec touch {} +; \
     cargo build --release --locked -p hakuriver-ssh-proxy -p hakuriver-ssh; \
     install -D -m 0755 target/release/hakuriver-ssh-proxy /out/usr/local/bin/hakuriver-ssh-proxy; \
     install -D -m 0755 target/release/hakuriver-ssh /out/usr/local/bin/hakuriver-ssh
