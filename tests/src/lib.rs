@@ -11,6 +11,7 @@
 //! - [`proxy`]: the built `hakuriver-ssh-proxy` ([`Proxy`], [`bin_path`]).
 //! - [`fixtures`]: a DB with one task per routing outcome and the expected replies.
 //! - [`net`]: request/reply exchanges, a refusing port, checksums, test data, timeouts.
+//! - [`robust`]: our client as ProxyCommand, `/proc` fd/RSS counts, polling with a deadline.
 //!
 //! Dependencies come from `tests/setup-deps.sh`; a missing one fails the test with a hint.
 
@@ -19,6 +20,7 @@ pub mod haku;
 pub mod net;
 pub mod process;
 pub mod proxy;
+pub mod robust;
 pub mod sshd;
 
 pub use haku::{
