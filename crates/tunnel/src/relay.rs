@@ -61,6 +61,206 @@ where
     }
 }
 
+/// Relays a proxied client (read through the `BufReader` that parsed its request line)
+/// and its runner. A plain-TCP client on Linux takes [`relay_tcp`] (splice(2), no copy
+/// through user space); anything else (TLS) takes [`relay`]. Bytes the client pipelined
+/// behind its request line, still in the reader's buffer, reach the runner first either way.
+pub async fn relay_buffered<S>(
+    client: &mut tokio::io::BufReader<S>,
+    runner: &mut tokio::net::TcpStream,
+) -> RelayOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    #[cfg(target_os = "linux")]
+    {
+        let pending = client.buffer().to_vec();
+        let any: &mut dyn std::any::Any = client.get_mut();
+        if let Some(tcp) = any.downcast_mut::<tokio::net::TcpStream>() {
+            return relay_tcp(tcp, &pending, runner).await;
+        }
+    }
+    relay(client, runner).await
+}
+
+/// Relays two TCP sockets with splice(2) through a pipe per direction: the bytes move
+/// socket → pipe → socket inside the kernel, never copied to user space. `a_pending` is
+/// sent to `b` before anything read from `a` (bytes a caller already buffered). Same
+/// contract as [`relay`]: half-close passed on, first error ends both directions, byte
+/// counts kept on error. Pipes are taken only while bytes are in flight and returned to
+/// a small shared pool afterwards, so an idle tunnel holds no pipe and no buffer.
+#[cfg(target_os = "linux")]
+pub async fn relay_tcp(
+    a: &mut tokio::net::TcpStream,
+    a_pending: &[u8],
+    b: &mut tokio::net::TcpStream,
+) -> RelayOutcome {
+    let mut stats = RelayStats::default();
+    let up = splice::one_way(a, b, a_pending, &mut stats.a_to_b);
+    let down = splice::one_way(b, a, &[], &mut stats.b_to_a);
+    let result = tokio::try_join!(up, down).map(|_| ());
+    RelayOutcome { stats, result }
+}
+
+#[cfg(target_os = "linux")]
+mod splice {
+    //! One direction of [`super::relay_tcp`], and the pipe pool.
+
+    use std::io;
+    use std::net::Shutdown;
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::sync::Mutex;
+
+    use socket2::SockRef;
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    /// Most bytes one splice call moves; the pipe is sized to hold that much.
+    pub const PIPE_SIZE: usize = 256 * 1024;
+    /// Empty pipes kept for reuse; more are closed (each costs two descriptors).
+    const POOL_MAX: usize = 64;
+
+    static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+    /// A pipe's read and write ends. Only ever pooled when empty.
+    pub struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+    }
+
+    impl Pipe {
+        fn take() -> io::Result<Pipe> {
+            if let Some(p) = POOL.lock().ok().and_then(|mut pool| pool.pop()) {
+                return Ok(p);
+            }
+            sys::pipe()
+        }
+
+        fn give_back(self) {
+            if let Ok(mut pool) = POOL.lock() {
+                if pool.len() < POOL_MAX {
+                    pool.push(self);
+                }
+            }
+        }
+    }
+
+    async fn write_all(dst: &TcpStream, mut bytes: &[u8], count: &mut u64) -> io::Result<()> {
+        while !bytes.is_empty() {
+            dst.writable().await?;
+            match dst.try_write(bytes) {
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    *count += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `src` → `dst` until `src` reaches EOF, then shuts down `dst`'s write side.
+    pub async fn one_way(
+        src: &TcpStream,
+        dst: &TcpStream,
+        pending: &[u8],
+        count: &mut u64,
+    ) -> io::Result<()> {
+        write_all(dst, pending, count).await?;
+        let mut pipe: Option<Pipe> = None;
+        loop {
+            if pipe.is_none() {
+                // Wait for bytes without holding a pipe: idle tunnels cost no descriptors.
+                src.readable().await?;
+            }
+            let p = match pipe.take() {
+                Some(p) => p,
+                None => Pipe::take()?,
+            };
+            let moved = src.try_io(Interest::READABLE, || {
+                sys::splice(src.as_fd().as_raw_fd(), p.write.as_raw_fd(), PIPE_SIZE)
+            });
+            let mut in_pipe = match moved {
+                Ok(0) => {
+                    p.give_back();
+                    return SockRef::from(dst).shutdown(Shutdown::Write);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Drained for now: the pipe is empty, pool it before waiting again.
+                    p.give_back();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            while in_pipe > 0 {
+                dst.writable().await?;
+                match dst.try_io(Interest::WRITABLE, || {
+                    sys::splice(p.read.as_raw_fd(), dst.as_fd().as_raw_fd(), in_pipe)
+                }) {
+                    Ok(n) => {
+                        in_pipe -= n;
+                        *count += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // A pipe still holding bytes is dropped, never pooled.
+                    Err(e) => return Err(e),
+                }
+            }
+            // Keep the (empty) pipe while bytes keep coming; pooled once `src` runs dry.
+            pipe = Some(p);
+        }
+    }
+
+    mod sys {
+        //! The two system calls std and tokio do not wrap. The only `unsafe` in the crate.
+        #![allow(unsafe_code)]
+
+        use super::*;
+
+        /// A non-blocking, close-on-exec pipe resized to [`PIPE_SIZE`] (best effort: the
+        /// kernel may cap it at `/proc/sys/fs/pipe-max-size`).
+        pub fn pipe() -> io::Result<Pipe> {
+            let mut fds = [0 as libc::c_int; 2];
+            // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+            let (read, write) =
+                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            // SAFETY: F_SETPIPE_SZ on a pipe fd we own; failure only leaves the default size.
+            unsafe {
+                libc::fcntl(
+                    write.as_raw_fd(),
+                    libc::F_SETPIPE_SZ,
+                    PIPE_SIZE as libc::c_int,
+                )
+            };
+            Ok(Pipe { read, write })
+        }
+
+        /// `splice(from, NULL, to, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)`: bytes moved,
+        /// 0 at EOF of `from`.
+        pub fn splice(from: libc::c_int, to: libc::c_int, len: usize) -> io::Result<usize> {
+            // SAFETY: both fds are open for the duration of the call (borrowed from owned
+            // sockets/pipes by the caller); null offsets are allowed for pipes and sockets.
+            let n = unsafe {
+                libc::splice(
+                    from,
+                    std::ptr::null_mut(),
+                    to,
+                    std::ptr::null_mut(),
+                    len,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        }
+    }
+}
+
 /// Counts bytes accepted by `poll_write`, so totals survive an error mid-relay.
 struct Counted<'a, S: ?Sized> {
     inner: &'a mut S,
@@ -153,5 +353,103 @@ mod tests {
                 b_to_a: 150_000
             }
         );
+    }
+
+    /// Two connected loopback sockets.
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (c.expect("connect"), s.expect("accept").0)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn splice_relay_keeps_bytes_order_half_close_and_counts() {
+        let (mut client, proxy_a) = tcp_pair().await;
+        let (mut proxy_b, mut runner) = tcp_pair().await;
+        // The request line was read through a BufReader that also holds these bytes.
+        client
+            .write_all(b"REQUEST_TUNNEL 1\npipelined")
+            .await
+            .expect("write");
+        let mut reader = tokio::io::BufReader::new(proxy_a);
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
+            .await
+            .expect("line");
+        assert_eq!(line, "REQUEST_TUNNEL 1\n");
+        let relay_task =
+            tokio::spawn(async move { relay_buffered(&mut reader, &mut proxy_b).await });
+
+        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+        let (up2, down2) = (up.clone(), down.clone());
+        let client_side = tokio::spawn(async move {
+            let (mut r, mut w) = client.split();
+            let writer = async {
+                w.write_all(&up2).await?;
+                w.shutdown().await
+            };
+            let mut got = Vec::new();
+            let (wr, rd) = tokio::join!(writer, r.read_to_end(&mut got));
+            wr.and(rd).map(|_| got)
+        });
+        // The runner sees the pipelined bytes, then the stream, then the client's FIN,
+        // while its own direction is still open.
+        let mut got_up = Vec::new();
+        tokio::time::timeout(WAIT, runner.read_to_end(&mut got_up))
+            .await
+            .expect("runner saw EOF")
+            .expect("read");
+        assert_eq!(&got_up[..9], b"pipelined");
+        assert!(got_up[9..] == up[..], "upstream bytes differ");
+        runner.write_all(&down2).await.expect("write");
+        runner.shutdown().await.expect("shutdown");
+        let got_down = tokio::time::timeout(WAIT, client_side)
+            .await
+            .expect("client done")
+            .expect("join")
+            .expect("io");
+        assert!(got_down == down, "downstream bytes differ");
+        let outcome = tokio::time::timeout(WAIT, relay_task)
+            .await
+            .expect("relay done")
+            .expect("join");
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+        assert_eq!(
+            outcome.stats,
+            RelayStats {
+                a_to_b: 3_000_009,
+                b_to_a: 2_000_000
+            }
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn splice_relay_ends_when_a_side_resets() {
+        let (client, mut proxy_a) = tcp_pair().await;
+        let (mut proxy_b, mut runner) = tcp_pair().await;
+        let relay_task =
+            tokio::spawn(async move { relay_tcp(&mut proxy_a, b"", &mut proxy_b).await });
+        runner.write_all(b"banner").await.expect("write");
+        // SO_LINGER 0: close sends RST instead of FIN.
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(client);
+        let outcome = tokio::time::timeout(WAIT, relay_task)
+            .await
+            .expect("relay ended")
+            .expect("join");
+        // The runner side is closed too (EOF or reset), never left open.
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(WAIT, runner.read_to_end(&mut rest))
+            .await
+            .expect("runner side closed");
+        let _ = outcome;
     }
 }
