@@ -345,7 +345,7 @@ pub async fn handle_connection(
 
 async fn tunnel<S>(state: &ProxyState, stream: S, peer: SocketAddr, force: &CancellationToken)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     // The reader's buffer keeps whatever the client pipelined behind its request line;
     // the relay reads through the same BufReader, so those bytes reach the runner.
@@ -397,7 +397,7 @@ where
     let started = Instant::now();
     let relayed = async {
         match state.timeouts.idle {
-            None => relay(&mut client, &mut runner).await,
+            None => hakuriver_tunnel::relay::relay_buffered(&mut client, &mut runner).await,
             Some(idle) => relay_until_idle(&mut client, &mut runner, idle).await,
         }
     };
