@@ -134,7 +134,7 @@ REVISION=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
 if [ "${NO_COLD_BUILD:-0}" = 1 ]; then cache_flag=(); kind="cached"; else cache_flag=(--no-cache); kind="cold"; fi
 say "docker build ($kind) of $REPO/Dockerfile"
 t0=$(now)
-docker build "${cache_flag[@]}" --build-arg REVISION="$REVISION" -t "$IMAGE" "$REPO" >"$WORK/build.log" 2>&1 ||
+docker build --force-rm "${cache_flag[@]}" --build-arg REVISION="$REVISION" -t "$IMAGE" "$REPO" >"$WORK/build.log" 2>&1 ||
   { tail -40 "$WORK/build.log"; fail "docker build failed"; }
 COLD_SECS=$(elapsed "$t0" "$(now)")
 
@@ -144,7 +144,7 @@ mkdir -p "$WORK/ctx"
 tar -C "$REPO" --exclude=./target --exclude=./.git --exclude=./tests/target -cf - . | tar -C "$WORK/ctx" -xf -
 printf '\n// docker warm-build probe %s\n' "$RUN_ID" >>"$WORK/ctx/crates/proxy/src/main.rs"
 t0=$(now)
-docker build --build-arg REVISION="$REVISION" -t "$IMAGE-warm" "$WORK/ctx" >"$WORK/build-warm.log" 2>&1 ||
+docker build --force-rm --build-arg REVISION="$REVISION" -t "$IMAGE-warm" "$WORK/ctx" >"$WORK/build-warm.log" 2>&1 ||
   { tail -40 "$WORK/build-warm.log"; fail "warm docker build failed"; }
 WARM_SECS=$(elapsed "$t0" "$(now)")
 # (the legacy builder wraps the build's stderr in colour escapes: strip them)
