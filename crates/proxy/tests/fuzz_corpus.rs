@@ -1,0 +1,48 @@
+//! Replays the committed `fuzz/corpus/config_parser` inputs through the check the
+//! `config_parser` fuzz target runs, on stable.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../../../fuzz/src/config_checks.rs"]
+mod config_checks;
+
+use std::fs;
+use std::path::Path;
+
+#[test]
+fn config_parser_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config_parser");
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (the corpus is committed)", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "{} holds only {} inputs",
+        dir.display(),
+        files.len()
+    );
+    for path in files {
+        let data = fs::read(&path).unwrap();
+        let outcome = std::panic::catch_unwind(|| config_checks::check_config(&data));
+        assert!(outcome.is_ok(), "{} fails its check", path.display());
+    }
+}
+
+#[test]
+fn names_that_would_need_dns_are_recognised() {
+    assert!(config_checks::resolves_names(
+        "[network]\nhost_bind_ip = \"example.org\"\n"
+    ));
+    assert!(config_checks::resolves_names(
+        "[ssh_proxy]\nlisten = [\"host:80\"]\n"
+    ));
+    assert!(!config_checks::resolves_names(
+        "[network]\nhost_bind_ip = \"[::1]\"\n"
+    ));
+    assert!(!config_checks::resolves_names(
+        "[ssh_proxy.tls]\nlisten = [\"127.0.0.1:0\"]\n"
+    ));
+}

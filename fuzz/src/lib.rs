@@ -1,0 +1,13 @@
+//! The checks behind the fuzz targets.
+//!
+//! # Layout
+//! - [`protocol_checks`]: request line parser, capped line reader under arbitrary
+//!   chunking, reply parser.
+//! - [`config_checks`]: the proxy's config parser on arbitrary UTF-8.
+//!
+//! Both files are also compiled into stable regression tests
+//! (`crates/tunnel/tests/fuzz_corpus.rs`, `crates/proxy/tests/fuzz_corpus.rs`) through
+//! `#[path]`, so CI replays the committed corpus through exactly these checks.
+
+pub mod config_checks;
+pub mod protocol_checks;
