@@ -143,6 +143,13 @@ impl Lines {
         }
     }
 
+    /// Takes in whatever lines have arrived by now, without waiting.
+    pub fn drain_now(&mut self) {
+        while let Ok(line) = self.rx.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
     /// Everything until the child closes stderr.
     pub fn rest(&mut self) -> String {
         let deadline = Instant::now() + WAIT;
