@@ -330,8 +330,12 @@ pub async fn handle_connection(
         warn!(peer = %peer, "TLS listener without TLS configuration");
         return;
     };
-    match tokio::time::timeout(state.timeouts.tls_handshake, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => tunnel(state, stream, peer, force).await,
+    // Boxed: the handshake's state would otherwise sit inline in every connection's
+    // task, plain ones included (~500 bytes each).
+    let handshake = Box::pin(acceptor.accept(stream));
+    match tokio::time::timeout(state.timeouts.tls_handshake, handshake).await {
+        // Boxed for the same reason: the TLS path's state is larger than the plain one's.
+        Ok(Ok(stream)) => Box::pin(tunnel(state, stream, peer, force)).await,
         Ok(Err(e)) => {
             state.stats.refused.fetch_add(1, Ordering::Relaxed);
             warn!(peer = %peer, error = %e, "TLS handshake failed");
@@ -395,12 +399,14 @@ where
     state.stats.changed.notify_one();
     info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, "tunnel opened");
     let started = Instant::now();
-    let relayed = async {
+    // Boxed: the relay's state is allocated when a tunnel opens, not carried inline by
+    // every connection task from its first byte (thousands may sit in the request phase).
+    let relayed = Box::pin(async {
         match state.timeouts.idle {
             None => hakuriver_tunnel::relay::relay_buffered(&mut client, &mut runner).await,
             Some(idle) => relay_until_idle(&mut client, &mut runner, idle).await,
         }
-    };
+    });
     let outcome = tokio::select! {
         outcome = relayed => Some(outcome),
         () = force.cancelled() => None,
@@ -604,7 +610,8 @@ async fn write_refusal<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     stream.flush().await?;
     stream.shutdown().await?;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would sit inline in every connection's future.
+    let mut sink = vec![0u8; 4096];
     let mut drained = 0usize;
     while drained < 64 * 1024 {
         match stream.read(&mut sink).await? {

@@ -66,3 +66,124 @@ fn accept_backs_off_when_out_of_fds_and_recovers() {
     assert_eq!(reply, "ERROR Task 424242 not found.\n");
     drop(proxy);
 }
+
+/// A tunnel to the echo runner: request, `SUCCESS`, an echoed line, close.
+fn tunnel_round_trip_plain(addr: &str) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    stream
+        .write_all(b"REQUEST_TUNNEL 5\nhello\n")
+        .expect("request");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("reply");
+    assert_eq!(reply, "SUCCESS\nhello\n");
+}
+
+fn proc_status(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with(key)).expect("key");
+    line.split_whitespace()
+        .nth(1)
+        .expect("value")
+        .parse()
+        .expect("number")
+}
+
+/// Sockets the process holds (pipes the relay keeps pooled are not a leak).
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// Polls an observable (a /proc count) until `done` holds, with a deadline.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn ten_thousand_slow_clients_keep_memory_bounded_and_others_served() {
+    const CLIENTS: usize = 10_000;
+    // This test process holds one descriptor per client too.
+    let raised = Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg("--nofile=20000:20000")
+        .status()
+        .expect("prlimit");
+    assert!(
+        raised.success(),
+        "cannot raise this test's descriptor limit"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(dir.path(), echo_runner());
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[ssh_proxy]\nrequest_timeout_secs = 120\nmax_connections = 20000\nmax_connections_per_ip = 20000\n",
+    )
+    .expect("config");
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=20000:20000")
+        .arg(PROXY)
+        .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "text"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .env_remove("JOURNAL_STREAM")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux)");
+    let mut lines = Lines::of(&mut child);
+    let proxy = Killed(child);
+    let pid = proxy.0.id();
+    let addr = addr_field(&lines.wait_for("listening"));
+    lines.wait_for("database readable");
+    let sockets_before = open_sockets(pid);
+    let rss_before = proc_status(pid, "VmRSS:");
+
+    // Slow clients: half a request line each, then nothing.
+    let slow: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.write_all(b"REQUEST_TUN").expect("write");
+            s
+        })
+        .collect();
+    let mut seen = 0;
+    wait_until("the proxy to hold every slow client", || {
+        seen = open_sockets(pid);
+        seen >= sockets_before + CLIENTS
+    });
+    eprintln!("sockets {sockets_before} -> {seen}");
+    let rss_during = proc_status(pid, "VmRSS:");
+    let per_client = (rss_during.saturating_sub(rss_before) * 1024) / CLIENTS as u64;
+    eprintln!("RSS {rss_before} KiB -> {rss_during} KiB: {per_client} bytes per slow client");
+    assert!(
+        per_client <= 16 * 1024,
+        "{per_client} bytes per slow client"
+    );
+
+    // Everyone else is still served meanwhile.
+    tunnel_round_trip_plain(&addr);
+    lines.wait_for("tunnel closed");
+
+    drop(slow);
+    wait_until("the proxy to close every slow client", || {
+        open_sockets(pid) <= sockets_before
+    });
+    drop(proxy);
+}
