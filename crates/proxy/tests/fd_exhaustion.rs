@@ -172,10 +172,8 @@ fn ten_thousand_slow_clients_keep_memory_bounded_and_others_served() {
     let rss_during = proc_status(pid, "VmRSS:");
     let per_client = (rss_during.saturating_sub(rss_before) * 1024) / CLIENTS as u64;
     eprintln!("RSS {rss_before} KiB -> {rss_during} KiB: {per_client} bytes per slow client");
-    assert!(
-        per_client <= 16 * 1024,
-        "{per_client} bytes per slow client"
-    );
+    // Measured ~4.2 KiB (the task, its request buffer, socket registration).
+    assert!(per_client <= 8 * 1024, "{per_client} bytes per slow client");
 
     // Everyone else is still served meanwhile.
     tunnel_round_trip_plain(&addr);
