@@ -480,17 +480,24 @@ fn killed_sshd_ends_the_client_without_a_hang() {
         // The sshd serving this session: the `sshd -i` child the harness spawned for
         // it (a child of this test process that was not there before), and its own
         // children (the privilege-separated session).
-        let sshd_pids: Vec<u32> = children(std::process::id())
-            .into_iter()
-            .filter(|p| !before.contains(p) && *p != ssh.pid())
-            .filter(|p| {
-                // Only this world's sshd: its config path is on the command line.
-                fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .map(|c| c.starts_with("/usr/sbin/sshd") && c.contains(&sshd_dir))
-                    .unwrap_or(false)
-            })
-            .collect();
-        assert_eq!(sshd_pids.len(), 1, "{hop:?}: sshd children {sshd_pids:?}");
+        // The harness spawns it when the proxy's connection arrives, which may be just
+        // after the proxy logged the tunnel open: wait for it to appear.
+        let sshd_pids: Vec<u32> = wait_until(TOOL_TIMEOUT, "the sshd serving this session", || {
+            let pids: Vec<u32> = children(std::process::id())
+                .into_iter()
+                .filter(|p| !before.contains(p) && *p != ssh.pid())
+                .filter(|p| {
+                    // Only this world's sshd: its stderr is the log file in this world's
+                    // directory. (Not its command line: sshd rewrites that with
+                    // setproctitle once the session starts.)
+                    fs::read_link(format!("/proc/{p}/fd/2"))
+                        .map(|log| log.starts_with(&sshd_dir))
+                        .unwrap_or(false)
+                })
+                .collect();
+            Ok(if pids.len() == 1 { Ok(pids) } else { Err(pids) })
+        })
+        .unwrap_or_else(|e| panic!("{hop:?}: {e:#}"));
         let mut doomed = descendants(sshd_pids[0]);
         doomed.push(sshd_pids[0]);
         for pid in doomed {

@@ -20,7 +20,7 @@ pub async fn run(connector: Connector, task: TaskId) -> Result<u8, ClientError> 
     let mut tunnel = connector.open(task).await?;
     // stdin EOF is passed on as a write shutdown of the tunnel, so the VPS sees the
     // end of input while its output keeps flowing back (scp and rsync rely on it).
-    let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    let mut stdio = tokio::io::join(tokio::io::stdin(), ClosingStdout(tokio::io::stdout()));
     let outcome = relay(&mut tunnel, &mut stdio).await;
     tracing::debug!(
         to_vps = outcome.stats.b_to_a,
@@ -36,6 +36,53 @@ pub async fn run(connector: Connector, task: TaskId) -> Result<u8, ClientError> 
             source,
         }),
     }
+}
+
+/// stdout whose shutdown really ends it. tokio's `Stdout` only flushes on shutdown, so
+/// when the VPS side closed (sshd gone) while ssh, blocked on a full channel window,
+/// sent nothing more, ssh never learned the connection was over and waited forever.
+/// Like `nc` or `socat`, we now close our end of ssh's pipe when the tunnel's read side
+/// ends.
+struct ClosingStdout(tokio::io::Stdout);
+
+impl tokio::io::AsyncWrite for ClosingStdout {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(std::pin::Pin::new(&mut self.0).poll_flush(cx))?;
+        std::task::Poll::Ready(end_stdout())
+    }
+}
+
+/// Points fd 1 at /dev/null, which closes our end of the pipe to ssh (its reader sees
+/// EOF) without leaving fd 1 free for some later `open` to take.
+#[allow(unsafe_code)]
+fn end_stdout() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // SAFETY: dup2(2) takes two descriptor numbers: `null` is open for the duration of
+    // the call, and fd 1 is stdout, which nothing else writes to after the relay's
+    // flush above (in --stdio mode stdout is the data channel, used only by the relay).
+    if unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
