@@ -687,3 +687,73 @@ async fn idle_timeout_closes_silent_tunnels_only() {
         0
     );
 }
+
+#[tokio::test]
+async fn black_holed_runner_times_out_and_others_are_served() {
+    // A runner whose accept queue is full: the kernel drops further SYNs, so a connect
+    // hangs exactly like one to a black-holed address (only loopback is used here).
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
+        .expect("bind");
+    socket.listen(0).expect("listen");
+    let black_hole: std::net::TcpListener = socket.into();
+    let port = black_hole.local_addr().expect("addr").port();
+    let _fills_the_queue =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("first connect");
+    let (_dir, db) = db_with_task_7(port).await;
+    let quick = Timeouts {
+        connect: Duration::from_millis(500),
+        ..timeouts()
+    };
+    let proxy = start_proxy(&db, quick, limits(), Duration::from_secs(5)).await;
+    let blocked = tokio::spawn(async move { exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await.0 });
+    // While that connect hangs, other requests are answered.
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 8\n").await;
+    assert_eq!(reply, b"ERROR Task 8 not found.\n");
+    let reply = within("timeout reply", blocked).await.expect("join");
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "ERROR Timeout connecting to Runner for task 7.\n"
+    );
+}
+
+#[tokio::test]
+async fn runner_reset_mid_stream_closes_the_client() {
+    let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
+    let port = runner.local_addr().expect("addr").port();
+    let (_dir, proxy, mut client) = one_tunnel(port).await;
+    let (mut runner_side, _) = within("accept", runner.accept()).await.expect("accept");
+    client.write_all(b"some bytes").await.expect("write");
+    let mut buf = [0u8; 10];
+    within("runner reads", runner_side.read_exact(&mut buf))
+        .await
+        .expect("read");
+    runner_side
+        .write_all(b"partial answer")
+        .await
+        .expect("write");
+    // Reset, not FIN.
+    socket2::SockRef::from(&runner_side)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(runner_side);
+    // The client gets at most what was relayed before the reset, then its connection
+    // ends, by EOF or by reset (`within` fails the test if it stays open).
+    let mut got = Vec::new();
+    let _ = within("client side closes", client.read_to_end(&mut got)).await;
+    assert!(b"partial answer".starts_with(&got), "{got:?}");
+    within("open count drops", async {
+        while proxy
+            .state
+            .stats
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+        {
+            proxy.state.stats.changed.notified().await;
+        }
+    })
+    .await;
+}
