@@ -13,15 +13,15 @@ use common::*;
 /// clients the test opens.
 const NOFILE: u32 = 40;
 
-#[test]
-fn accept_backs_off_when_out_of_fds_and_recovers() {
+/// The proxy under `prlimit --nofile=<nofile>`, with `[ssh_proxy]` settings, routing
+/// task 5 to an echo runner. Returns its temp dir, process, stderr and address.
+fn limited_proxy(nofile: u32, settings: &str) -> (tempfile::TempDir, Killed, Lines, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = database(dir.path(), echo_runner());
     let config = dir.path().join("config.toml");
-    // Held connections must not time out while the test looks at the log.
-    std::fs::write(&config, "[ssh_proxy]\nrequest_timeout_secs = 60\n").expect("config");
+    std::fs::write(&config, format!("[ssh_proxy]\n{settings}")).expect("config");
     let mut child = Command::new("prlimit")
-        .arg(format!("--nofile={NOFILE}:{NOFILE}"))
+        .arg(format!("--nofile={nofile}:{nofile}"))
         .arg(PROXY)
         .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "text"])
         .arg("--config")
@@ -33,8 +33,14 @@ fn accept_backs_off_when_out_of_fds_and_recovers() {
         .spawn()
         .expect("prlimit (util-linux)");
     let mut lines = Lines::of(&mut child);
-    let proxy = Killed(child);
     let addr = addr_field(&lines.wait_for("listening"));
+    (dir, Killed(child), lines, addr)
+}
+
+#[test]
+fn accept_backs_off_when_out_of_fds_and_recovers() {
+    // Held connections must not time out while the test looks at the log.
+    let (_dir, proxy, mut lines, addr) = limited_proxy(NOFILE, "request_timeout_secs = 60\n");
 
     // Silent clients occupy one descriptor each in the proxy until it runs out; the
     // kernel still completes their handshakes into the listen backlog.
@@ -127,30 +133,11 @@ fn ten_thousand_slow_clients_keep_memory_bounded_and_others_served() {
         raised.success(),
         "cannot raise this test's descriptor limit"
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = database(dir.path(), echo_runner());
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[ssh_proxy]\nrequest_timeout_secs = 120\nmax_connections = 20000\nmax_connections_per_ip = 20000\n",
-    )
-    .expect("config");
-    let mut child = Command::new("prlimit")
-        .arg("--nofile=20000:20000")
-        .arg(PROXY)
-        .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "text"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--db")
-        .arg(&db)
-        .env_remove("JOURNAL_STREAM")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prlimit (util-linux)");
-    let mut lines = Lines::of(&mut child);
-    let proxy = Killed(child);
+    let (_dir, proxy, mut lines, addr) = limited_proxy(
+        20_000,
+        "request_timeout_secs = 120\nmax_connections = 20000\nmax_connections_per_ip = 20000\n",
+    );
     let pid = proxy.0.id();
-    let addr = addr_field(&lines.wait_for("listening"));
     lines.wait_for("database readable");
     let sockets_before = open_sockets(pid);
     let rss_before = proc_status(pid, "VmRSS:");

@@ -320,19 +320,7 @@ async fn relays_both_directions_at_once_with_pipelined_bytes() {
 }
 
 async fn one_tunnel(port: u16) -> (tempfile::TempDir, Proxy, TcpStream) {
-    let (dir, db) = temp_db();
-    {
-        let conn = create_db(&db);
-        add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
-        add_task(
-            &conn,
-            7,
-            "vps",
-            "running",
-            Some("n1"),
-            Some(i64::from(port)),
-        );
-    }
+    let (dir, db) = db_with_task_7(port);
     let proxy = start_proxy(&db, timeouts(), limits(), Duration::from_secs(5)).await;
     let (reply, stream) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
     assert_eq!(reply, b"SUCCESS\n");
@@ -497,19 +485,7 @@ async fn a_locked_database_fails_one_request_then_recovers() {
 async fn per_ip_limit_refuses_in_one_line() {
     let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
     let port = runner.local_addr().expect("addr").port();
-    let (_dir, db) = temp_db();
-    {
-        let conn = create_db(&db);
-        add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
-        add_task(
-            &conn,
-            7,
-            "vps",
-            "running",
-            Some("n1"),
-            Some(i64::from(port)),
-        );
-    }
+    let (_dir, db) = db_with_task_7(port);
     let limits = Limits {
         max_connections: 10,
         max_connections_per_ip: 1,
@@ -557,19 +533,7 @@ async fn shutdown_drains_open_tunnels_and_refuses_new_ones() {
 async fn grace_period_over_cuts_remaining_tunnels() {
     let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
     let port = runner.local_addr().expect("addr").port();
-    let (_dir, db) = temp_db();
-    {
-        let conn = create_db(&db);
-        add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
-        add_task(
-            &conn,
-            7,
-            "vps",
-            "running",
-            Some("n1"),
-            Some(i64::from(port)),
-        );
-    }
+    let (_dir, db) = db_with_task_7(port);
     let proxy = start_proxy(&db, timeouts(), limits(), Duration::from_millis(200)).await;
     let (reply, mut client) = exchange(proxy.addr, b"REQUEST_TUNNEL 7\n").await;
     assert_eq!(reply, b"SUCCESS\n");
@@ -584,7 +548,7 @@ async fn grace_period_over_cuts_remaining_tunnels() {
     );
 }
 
-async fn db_with_task_7(port: u16) -> (tempfile::TempDir, PathBuf) {
+fn db_with_task_7(port: u16) -> (tempfile::TempDir, PathBuf) {
     let (dir, db) = temp_db();
     let conn = create_db(&db);
     add_node(&conn, "n1", "http://127.0.0.1:8001", "online");
@@ -601,7 +565,7 @@ async fn db_with_task_7(port: u16) -> (tempfile::TempDir, PathBuf) {
 
 #[tokio::test]
 async fn clients_outside_allowed_networks_are_refused() {
-    let (_dir, db) = db_with_task_7(1).await;
+    let (_dir, db) = db_with_task_7(1);
     let only_lan = Limits {
         allowed_clients: vec!["10.0.0.0/8".parse().expect("cidr")],
         ..limits()
@@ -623,7 +587,7 @@ async fn clients_outside_allowed_networks_are_refused() {
 
 #[tokio::test]
 async fn lookup_rate_per_address_slows_enumeration() {
-    let (_dir, db) = db_with_task_7(1).await;
+    let (_dir, db) = db_with_task_7(1);
     let three = Limits {
         lookups_per_minute_per_ip: 3,
         ..limits()
@@ -647,7 +611,7 @@ async fn lookup_rate_per_address_slows_enumeration() {
 async fn idle_timeout_closes_silent_tunnels_only() {
     let runner = TcpListener::bind("127.0.0.1:0").await.expect("runner");
     let port = runner.local_addr().expect("addr").port();
-    let (_dir, db) = db_with_task_7(port).await;
+    let (_dir, db) = db_with_task_7(port);
     let idle = Timeouts {
         idle: Some(Duration::from_secs(1)),
         ..timeouts()
@@ -702,7 +666,7 @@ async fn black_holed_runner_times_out_and_others_are_served() {
     let port = black_hole.local_addr().expect("addr").port();
     let _fills_the_queue =
         std::net::TcpStream::connect(("127.0.0.1", port)).expect("first connect");
-    let (_dir, db) = db_with_task_7(port).await;
+    let (_dir, db) = db_with_task_7(port);
     let quick = Timeouts {
         connect: Duration::from_millis(500),
         ..timeouts()
