@@ -20,6 +20,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Waits until the proxy counts no open tunnel.
+async fn no_open_tunnels(proxy: &Proxy) {
+    within("open count drops", async {
+        while proxy
+            .state
+            .stats
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+        {
+            proxy.state.stats.changed.notified().await;
+        }
+    })
+    .await;
+}
+
 fn timeouts() -> Timeouts {
     Timeouts {
         request: Duration::from_millis(500),
@@ -392,18 +408,7 @@ async fn client_abort_closes_the_runner_side() {
         matches!(closed, Ok(0) | Err(_)),
         "runner side still open: {closed:?}"
     );
-    within("open count drops", async {
-        while proxy
-            .state
-            .stats
-            .open
-            .load(std::sync::atomic::Ordering::Relaxed)
-            != 0
-        {
-            proxy.state.stats.changed.notified().await;
-        }
-    })
-    .await;
+    no_open_tunnels(&proxy).await;
 }
 
 #[tokio::test]
@@ -708,16 +713,5 @@ async fn runner_reset_mid_stream_closes_the_client() {
     let mut got = Vec::new();
     let _ = within("client side closes", client.read_to_end(&mut got)).await;
     assert!(b"partial answer".starts_with(&got), "{got:?}");
-    within("open count drops", async {
-        while proxy
-            .state
-            .stats
-            .open
-            .load(std::sync::atomic::Ordering::Relaxed)
-            != 0
-        {
-            proxy.state.stats.changed.notified().await;
-        }
-    })
-    .await;
+    no_open_tunnels(&proxy).await;
 }

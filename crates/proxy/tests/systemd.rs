@@ -144,20 +144,29 @@ fn systemd_socket_activate_starts_the_proxy_on_first_connection() {
     assert!(ok, "tls socket: {out}\n{}", lines.seen.join("\n"));
 }
 
-#[test]
-fn a_passed_udp_socket_is_a_clear_startup_error() {
-    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+/// Runs the socket-activated proxy with `fd3` and `LISTEN_FDS=count`; it must fail to
+/// start. Returns its stderr.
+fn startup_error(fd3: OwnedFd, names: &str, count: u32) -> String {
     let mut child = socket_activated(
-        udp.into(),
+        fd3,
         None,
-        "plain",
-        1,
+        names,
+        count,
         &["serve", "--db", "/nonexistent.db"],
     );
     // stderr closes when the process exits.
     let stderr = Lines::of(&mut child).rest();
-    let status = child.wait().expect("wait");
-    assert!(!status.success());
+    assert!(
+        !child.wait().expect("wait").success(),
+        "must not start: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn a_passed_udp_socket_is_a_clear_startup_error() {
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let stderr = startup_error(udp.into(), "plain", 1);
     assert!(
         stderr.contains("fd 3") && stderr.contains("not a TCP socket"),
         "{stderr}"
@@ -168,17 +177,7 @@ fn a_passed_udp_socket_is_a_clear_startup_error() {
 fn a_closed_passed_fd_is_a_clear_startup_error() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     // LISTEN_FDS=2, but only fd 3 exists.
-    let mut child = socket_activated(
-        listener.into(),
-        None,
-        "plain:tls",
-        2,
-        &["serve", "--db", "/nonexistent.db"],
-    );
-    // stderr closes when the process exits.
-    let stderr = Lines::of(&mut child).rest();
-    let status = child.wait().expect("wait");
-    assert!(!status.success());
+    let stderr = startup_error(listener.into(), "plain:tls", 2);
     assert!(
         stderr.contains("fd 4") && stderr.contains("not an open file descriptor"),
         "{stderr}"
