@@ -348,19 +348,12 @@ fn field<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-#[test]
-fn journald_fields_of_a_tunnel() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = database(dir.path(), echo_runner());
-    let journal_dir = dir.path().join("journal");
-    std::fs::create_dir(&journal_dir).expect("mkdir");
-    let journal = UnixDatagram::bind(journal_dir.join("socket")).expect("bind journal socket");
-    journal.set_read_timeout(Some(WAIT)).expect("timeout");
-    // tracing-journald sends to /run/systemd/journal/socket: give the proxy a private
-    // mount namespace where that directory is ours.
+/// The proxy logging to journald, in a private mount namespace where
+/// /run/systemd/journal (tracing-journald's fixed socket directory) is `journal_dir`.
+fn with_journal_dir(journal_dir: &Path, db: &Path) -> Killed {
     std::fs::create_dir_all("/run/systemd/journal").expect("mkdir /run/systemd/journal");
     let script = r#"mount --bind "$0" /run/systemd/journal && exec "$@""#;
-    let mut proxy = Killed(
+    Killed(
         Command::new("unshare")
             .args([
                 "--mount",
@@ -371,7 +364,7 @@ fn journald_fields_of_a_tunnel() {
                 "-c",
                 script,
             ])
-            .arg(&journal_dir)
+            .arg(journal_dir)
             .arg(PROXY)
             .args([
                 "--bind",
@@ -382,11 +375,22 @@ fn journald_fields_of_a_tunnel() {
                 "journald",
                 "--db",
             ])
-            .arg(&db)
+            .arg(db)
             .stderr(Stdio::piped())
             .spawn()
             .expect("unshare (util-linux)"),
-    );
+    )
+}
+
+#[test]
+fn journald_fields_of_a_tunnel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(dir.path(), echo_runner());
+    let journal_dir = dir.path().join("journal");
+    std::fs::create_dir(&journal_dir).expect("mkdir");
+    let journal = UnixDatagram::bind(journal_dir.join("socket")).expect("bind journal socket");
+    journal.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut proxy = with_journal_dir(&journal_dir, &db);
     let _stderr = Lines::of(&mut proxy.0);
     let next = || {
         let mut buf = vec![0u8; 65536];
@@ -448,35 +452,7 @@ fn journald_missing_falls_back_to_stderr_with_a_warning() {
     let dir = tempfile::tempdir().expect("tempdir");
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).expect("mkdir");
-    std::fs::create_dir_all("/run/systemd/journal").expect("mkdir /run/systemd/journal");
-    let script = r#"mount --bind "$0" /run/systemd/journal && exec "$@""#;
-    let mut proxy = Killed(
-        Command::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
-                script,
-            ])
-            .arg(&empty)
-            .arg(PROXY)
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--log-format",
-                "journald",
-                "--db",
-                "/nonexistent.db",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("unshare (util-linux)"),
-    );
+    let mut proxy = with_journal_dir(&empty, Path::new("/nonexistent.db"));
     let mut lines = Lines::of(&mut proxy.0);
     lines.wait_for("journald socket unavailable; logging to stderr");
     lines.wait_for("listening");
