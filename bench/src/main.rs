@@ -311,6 +311,24 @@ impl Target {
     }
 }
 
+/// CPU time `pid` has used so far, all its threads (live and ended), user + system, in µs.
+/// `/proc/<pid>/stat` counts in clock ticks (`getconf CLK_TCK`, 100 on Linux); the setup
+/// run spends thousands of ticks, so the tick is fine enough.
+fn cpu_us(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad stat for {pid}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields.get(i).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| anyhow!("no field {i} in stat of {pid}"))
+    };
+    // utime and stime are fields 14 and 15: indices 11 and 12 after the name.
+    Ok((ticks(11)? + ticks(12)?) * 1e6 / CLOCK_TICKS_PER_SEC)
+}
+
+/// `sysconf(_SC_CLK_TCK)`: fixed at 100 by the Linux ABI for `/proc`.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
 /// Resident set size of `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -380,6 +398,8 @@ struct SetupResult {
     par_p50: f64,
     par_p99: f64,
     per_sec: f64,
+    /// The proxy's CPU time (user + system) per tunnel over both runs, in µs.
+    cpu_per_tunnel: Option<f64>,
 }
 
 /// connect → request → `SUCCESS` (or the runner's greeting), `seq` one at a time, then
@@ -390,6 +410,7 @@ async fn setup(runner: &Runner, t: &Target, seq: usize, per_client: usize) -> Re
     for _ in 0..20 {
         drop(deadline("warm-up", STEP, t.open(true)).await?);
     }
+    let cpu_before = t.pid.map(cpu_us).transpose()?;
     let mut lat = Vec::with_capacity(seq);
     for _ in 0..seq {
         let start = Instant::now();
@@ -431,9 +452,12 @@ async fn setup(runner: &Runner, t: &Target, seq: usize, per_client: usize) -> Re
         eprintln!("  {}: {failed} of {} parallel setups failed", t.name, CONCURRENCY * per_client);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = t.pid.map(cpu_us).transpose()?;
+    let tunnels = (lat.len() + par.len()) as f64;
     par.sort();
     runner.release_all();
     Ok(SetupResult {
+        cpu_per_tunnel: cpu_before.zip(cpu_after).map(|(b, a)| (a - b) / tunnels),
         seq_p50: pct(&lat, 0.50),
         seq_p99: pct(&lat, 0.99),
         par_p50: pct(&par, 0.50),
@@ -797,7 +821,7 @@ async fn main() -> Result<()> {
             targets.push(Target { name: "ours", addr: o.plain, protocol: true, tls: None, pid: Some(o.process.pid()) });
         }
         if want("ours-tls") {
-            let cfg = client_config(&ClientTrust { pins: vec![o.fingerprint.clone()], ca_file: None })
+            let cfg = client_config(&ClientTrust { pins: vec![o.fingerprint], ca_file: None })
                 .map_err(|e| anyhow!("client config: {e}"))?;
             targets.push(Target {
                 name: "ours-tls",
@@ -838,6 +862,7 @@ async fn main() -> Result<()> {
         "stall: RSS growth per stalled tunnel (KiB)",            // 7
         "stall: bytes the client got rid of per tunnel (MiB)",   // 8
         "ssh download, MB/s",                                    // 9
+        "proxy CPU per tunnel set up, user+sys (µs)",           // 10
     ];
     let mut table = Table::new();
     let mut direct = BTreeMap::<usize, f64>::new();
@@ -867,6 +892,10 @@ async fn main() -> Result<()> {
             put(&mut table, 3, t.name, s.par_p50, 0, false, &mut direct);
             put(&mut table, 4, t.name, s.par_p99, 0, false, &mut direct);
             put(&mut table, 5, t.name, s.per_sec, 0, true, &mut direct);
+            if let Some(cpu) = s.cpu_per_tunnel {
+                eprintln!("  proxy CPU {cpu:.0} µs/tunnel");
+                put(&mut table, 10, t.name, cpu, 0, false, &mut direct);
+            }
         }
     }
     if run("idle") {
