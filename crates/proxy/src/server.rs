@@ -218,6 +218,12 @@ pub async fn serve(
 ) -> usize {
     let tracker = TaskTracker::new();
     let force = CancellationToken::new();
+    for listener in &listeners {
+        // Accepted sockets inherit these from the listener: no per-connection calls.
+        if let Err(e) = tune_tcp(&listener.tcp) {
+            warn!(error = %e, "cannot set TCP_NODELAY and keepalive on a listener");
+        }
+    }
     let accept_loops: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
@@ -320,9 +326,8 @@ pub async fn handle_connection(
     tls: bool,
     force: &CancellationToken,
 ) {
-    if let Err(e) = tune_tcp(&stream) {
-        debug!(peer = %peer, error = %e, "could not set socket options");
-    }
+    // No socket options to set: accepted sockets inherit TCP_NODELAY and keepalive
+    // from the listener (set in `serve`).
     if !tls {
         return tunnel(state, stream, peer, force).await;
     }
@@ -333,80 +338,70 @@ pub async fn handle_connection(
     // Boxed: the handshake's state would otherwise sit inline in every connection's
     // task, plain ones included (~500 bytes each).
     let handshake = Box::pin(acceptor.accept(stream));
-    match tokio::time::timeout(state.timeouts.tls_handshake, handshake).await {
-        // Boxed for the same reason: the TLS path's state is larger than the plain one's.
-        Ok(Ok(stream)) => Box::pin(tunnel(state, stream, peer, force)).await,
-        Ok(Err(e)) => {
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            warn!(peer = %peer, error = %e, "TLS handshake failed");
-        }
-        Err(_) => {
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            warn!(peer = %peer, "TLS handshake timed out");
-        }
-    }
+    // Decided in a statement of its own: a `match` on the handshake's result around the
+    // `.await` below would keep the (large) TLS stream's slot in every task's state.
+    let tunnel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> =
+        match tokio::time::timeout(state.timeouts.tls_handshake, handshake).await {
+            // Boxed for the same reason: the TLS path's state is larger than the plain one's.
+            Ok(Ok(stream)) => Box::pin(tunnel(state, stream, peer, force)),
+            Ok(Err(e)) => {
+                state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = %peer, "TLS handshake timed out");
+                return;
+            }
+        };
+    tunnel.await;
+}
+
+/// A tunnel whose runner connection is up and whose client has its `SUCCESS`.
+struct Opened<S> {
+    client: S,
+    /// Bytes the client pipelined behind its request line, read already.
+    pending: Vec<u8>,
+    runner: TcpStream,
+    task_id: TaskId,
+    route: Route,
 }
 
 async fn tunnel<S>(state: &ProxyState, stream: S, peer: SocketAddr, force: &CancellationToken)
 where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // The reader's buffer keeps whatever the client pipelined behind its request line;
-    // the relay reads through the same BufReader, so those bytes reach the runner.
-    let mut client = BufReader::with_capacity(MAX_REQUEST_LINE, stream);
-    let mut task_id = None;
-    let opened = async {
-        let request = read_request(&mut client, state.timeouts.request).await?;
-        task_id = Some(request.task_id);
-        state.take_lookup(peer.ip())?;
-        let route = state.directory.lookup_async(request.task_id).await?;
-        let runner = connect_runner(&route, request.task_id, state.timeouts.connect).await?;
-        Ok::<_, Refusal>((request.task_id, route, runner))
-    };
+    // Boxed: the setup's timers, request buffer and lookup live only until the tunnel
+    // opens; an open tunnel's task then carries only the small relay phase below.
+    let setup = Box::pin(open(state, stream, peer));
     let opened = tokio::select! {
-        opened = opened => opened,
+        opened = setup => opened,
         () = force.cancelled() => return,
     };
-    let (task_id, route, mut runner) = match opened {
-        Ok(opened) => opened,
-        Err(refusal) => {
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            state.stats.changed.notify_one();
-            let task = task_id.map(|t| t.to_string()).unwrap_or_default();
-            match &refusal {
-                Refusal::Database(_) | Refusal::Internal(_) => {
-                    warn!(peer = %peer, task_id = %task, reason = %refusal.detail(), "tunnel refused: lookup failed")
-                }
-                _ => {
-                    info!(peer = %peer, task_id = %task, reason = %refusal.detail(), "tunnel refused")
-                }
-            }
-            let _ =
-                tokio::time::timeout(REFUSAL_LINGER, write_refusal(&mut client, &refusal)).await;
-            return;
-        }
-    };
-    if let Err(e) = tune_tcp(&runner) {
-        debug!(runner = %route.display_addr(), error = %e, "could not set socket options");
-    }
-    if let Err(e) = write_success(&mut client).await {
-        info!(peer = %peer, task_id = %task_id, error = %e, "client left before SUCCESS");
+    let Some(Opened {
+        mut client,
+        pending,
+        mut runner,
+        task_id,
+        route,
+    }) = opened
+    else {
         return;
-    }
+    };
     let runner_addr = route.display_addr();
     state.stats.open.fetch_add(1, Ordering::Relaxed);
     state.stats.opened.fetch_add(1, Ordering::Relaxed);
     state.stats.changed.notify_one();
     info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, "tunnel opened");
+    drop(route);
     let started = Instant::now();
     // Boxed: the relay's state is allocated when a tunnel opens, not carried inline by
     // every connection task from its first byte (thousands may sit in the request phase).
-    let relayed = Box::pin(async {
-        match state.timeouts.idle {
-            None => hakuriver_tunnel::relay::relay_buffered(&mut client, &mut runner).await,
-            Some(idle) => relay_until_idle(&mut client, &mut runner, idle).await,
-        }
-    });
+    let relayed = match state.timeouts.idle {
+        None => relay::relay_client(&mut client, &pending, &mut runner),
+        Some(idle) => Box::pin(relay_until_idle(&mut client, &pending, &mut runner, idle)),
+    };
     let outcome = tokio::select! {
         outcome = relayed => Some(outcome),
         () = force.cancelled() => None,
@@ -437,22 +432,84 @@ where
     }
 }
 
-/// [`relay`], ended when no byte moved either way for `idle`.
-async fn relay_until_idle<S>(client: &mut S, runner: &mut TcpStream, idle: Duration) -> RelayOutcome
+/// Reads the request, looks the task up, connects to its runner and answers `SUCCESS`;
+/// or answers `ERROR <message>` and returns `None`.
+async fn open<S>(state: &ProxyState, stream: S, peer: SocketAddr) -> Option<Opened<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut client = BufReader::with_capacity(MAX_REQUEST_LINE, stream);
+    let mut task_id = None;
+    let opened = async {
+        let request = read_request(&mut client, state.timeouts.request).await?;
+        task_id = Some(request.task_id);
+        state.take_lookup(peer.ip())?;
+        let route = state.directory.lookup_async(request.task_id).await?;
+        let runner = connect_runner(&route, request.task_id, state.timeouts.connect).await?;
+        Ok::<_, Refusal>((request.task_id, route, runner))
+    };
+    let (task_id, route, runner) = match opened.await {
+        Ok(opened) => opened,
+        Err(refusal) => {
+            state.stats.refused.fetch_add(1, Ordering::Relaxed);
+            state.stats.changed.notify_one();
+            let task = task_id.map(|t| t.to_string()).unwrap_or_default();
+            match &refusal {
+                Refusal::Database(_) | Refusal::Internal(_) => {
+                    warn!(peer = %peer, task_id = %task, reason = %refusal.detail(), "tunnel refused: lookup failed")
+                }
+                _ => {
+                    info!(peer = %peer, task_id = %task, reason = %refusal.detail(), "tunnel refused")
+                }
+            }
+            let _ =
+                tokio::time::timeout(REFUSAL_LINGER, write_refusal(&mut client, &refusal)).await;
+            return None;
+        }
+    };
+    if let Err(e) = write_success(&mut client).await {
+        info!(peer = %peer, task_id = %task_id, error = %e, "client left before SUCCESS");
+        return None;
+    }
+    // Whatever the client pipelined behind its request line goes to the runner first;
+    // the request buffer itself is freed here, before the tunnel idles for hours.
+    let pending = client.buffer().to_vec();
+    Some(Opened {
+        client: client.into_inner(),
+        pending,
+        runner,
+        task_id,
+        route,
+    })
+}
+
+/// [`relay`], ended when no byte moved either way for `idle`.
+async fn relay_until_idle<S>(
+    client: &mut S,
+    pending: &[u8],
+    runner: &mut TcpStream,
+    idle: Duration,
+) -> RelayOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(e) = runner.write_all(pending).await {
+        return RelayOutcome {
+            stats: RelayStats::default(),
+            result: Err(e),
+        };
+    }
     let started = Instant::now();
     let last = AtomicU64::new(0);
     let mut watched = Watched {
         inner: client,
         started,
         last: &last,
-        up: 0,
+        up: pending.len() as u64,
         down: 0,
     };
     let finished = {
-        let relayed = relay(&mut watched, runner);
+        let relayed = relay::relay(&mut watched, runner);
         tokio::pin!(relayed);
         let mut deadline = started + idle;
         loop {
@@ -468,7 +525,8 @@ where
             }
         }
     };
-    if let Some(outcome) = finished {
+    if let Some(mut outcome) = finished {
+        outcome.stats.a_to_b += pending.len() as u64;
         return outcome;
     }
     RelayOutcome {
@@ -582,7 +640,12 @@ async fn connect_runner(
     let target = (route.host.as_str(), route.port);
     match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
         Err(_) => Err(Refusal::ConnectTimeout(id)),
-        Ok(Ok(stream)) => Ok(stream),
+        Ok(Ok(stream)) => {
+            if let Err(e) = tune_tcp(&stream) {
+                debug!(runner = %route.display_addr(), error = %e, "could not set socket options");
+            }
+            Ok(stream)
+        }
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             Err(Refusal::ConnectRefused(id, route.node.clone()))
         }
@@ -620,4 +683,40 @@ async fn write_refusal<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every connection's task carries inline, for its whole life (hours for an SSH
+    /// session). The idle-tunnel footprint in BENCHMARKS.md depends on it staying small:
+    /// the setup and relay states are boxed and freed or allocated as the tunnel moves on.
+    #[tokio::test]
+    async fn connection_task_state_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut a, (mut b, peer)) = (a.expect("connect"), b.expect("accept"));
+        let state = ProxyState::new(
+            TaskDirectory::new("/nonexistent/hakuriver.db"),
+            Timeouts {
+                request: Duration::from_secs(1),
+                connect: Duration::from_secs(1),
+                tls_handshake: Duration::from_secs(1),
+                idle: None,
+            },
+            Limits::default(),
+            None,
+        );
+        let force = CancellationToken::new();
+        let relay = relay::relay_tcp(&mut a, &[], &mut b);
+        let relay_size = std::mem::size_of_val(&relay);
+        drop(relay);
+        let connection = handle_connection(&state, b, peer, false, &force);
+        let connection_size = std::mem::size_of_val(&connection);
+        eprintln!("connection future {connection_size} bytes, relay future {relay_size} bytes");
+        assert!(connection_size <= 1024, "connection future is {connection_size} bytes");
+        assert!(relay_size <= 256, "splice relay future is {relay_size} bytes");
+    }
 }

@@ -6,6 +6,7 @@
 //! flowing, and the first I/O error ends both. Writes are awaited before more is read,
 //! so a stalled peer stalls its sender instead of growing a buffer (backpressure).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -61,26 +62,50 @@ where
     }
 }
 
-/// Relays a proxied client (read through the `BufReader` that parsed its request line)
-/// and its runner. A plain-TCP client on Linux takes [`relay_tcp`] (splice(2), no copy
-/// through user space); anything else (TLS) takes [`relay`]. Bytes the client pipelined
-/// behind its request line, still in the reader's buffer, reach the runner first either way.
-pub async fn relay_buffered<S>(
-    client: &mut tokio::io::BufReader<S>,
-    runner: &mut tokio::net::TcpStream,
-) -> RelayOutcome
+/// Relays a proxied client and its runner. `pending` holds bytes the client pipelined
+/// behind its request line (read already while parsing it); they reach the runner first.
+/// A plain-TCP client on Linux takes [`relay_tcp`] (splice(2), no copy through user
+/// space); anything else (TLS) takes [`relay`].
+///
+/// Returned boxed, sized for the path taken: an open tunnel keeps this future for its
+/// whole life, and the splice path's state is a fraction of the generic one's.
+pub fn relay_client<'a, S>(
+    client: &'a mut S,
+    pending: &'a [u8],
+    runner: &'a mut tokio::net::TcpStream,
+) -> Pin<Box<dyn Future<Output = RelayOutcome> + Send + 'a>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     #[cfg(target_os = "linux")]
-    {
-        let pending = client.buffer().to_vec();
-        let any: &mut dyn std::any::Any = client.get_mut();
+    if (&*client as &dyn std::any::Any).is::<tokio::net::TcpStream>() {
+        let any: &'a mut dyn std::any::Any = client;
         if let Some(tcp) = any.downcast_mut::<tokio::net::TcpStream>() {
-            return relay_tcp(tcp, &pending, runner).await;
+            return Box::pin(relay_tcp(tcp, pending, runner));
         }
+        unreachable!("checked to be a TcpStream just above");
     }
-    relay(client, runner).await
+    Box::pin(relay_with_pending(client, pending, runner))
+}
+
+/// [`relay`], after writing `pending` to `b`.
+async fn relay_with_pending<A>(
+    a: &mut A,
+    pending: &[u8],
+    b: &mut tokio::net::TcpStream,
+) -> RelayOutcome
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    if let Err(e) = tokio::io::AsyncWriteExt::write_all(b, pending).await {
+        return RelayOutcome {
+            stats: RelayStats::default(),
+            result: Err(e),
+        };
+    }
+    let mut outcome = relay(a, b).await;
+    outcome.stats.a_to_b += pending.len() as u64;
+    outcome
 }
 
 /// Relays two TCP sockets with splice(2) through a pipe per direction: the bytes move
@@ -89,17 +114,40 @@ where
 /// contract as [`relay`]: half-close passed on, first error ends both directions, byte
 /// counts kept on error. Pipes are taken only while bytes are in flight and returned to
 /// a small shared pool afterwards, so an idle tunnel holds no pipe and no buffer.
+///
+/// Both directions are plain state machines polled by one future (about a hundred
+/// bytes), not two `async` blocks: an open tunnel's whole relay state is that small.
 #[cfg(target_os = "linux")]
 pub async fn relay_tcp(
     a: &mut tokio::net::TcpStream,
     a_pending: &[u8],
     b: &mut tokio::net::TcpStream,
 ) -> RelayOutcome {
-    let mut stats = RelayStats::default();
-    let up = splice::one_way(a, b, a_pending, &mut stats.a_to_b);
-    let down = splice::one_way(b, a, &[], &mut stats.b_to_a);
-    let result = tokio::try_join!(up, down).map(|_| ());
-    RelayOutcome { stats, result }
+    let mut up = splice::Direction::new(a_pending);
+    let mut down = splice::Direction::new(&[]);
+    let result = std::future::poll_fn(|cx| {
+        let up_done = match up.poll(cx, a, b) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            other => other.is_ready(),
+        };
+        let down_done = match down.poll(cx, b, a) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            other => other.is_ready(),
+        };
+        if up_done && down_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    RelayOutcome {
+        stats: RelayStats {
+            a_to_b: up.count,
+            b_to_a: down.count,
+        },
+        result,
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -110,6 +158,7 @@ mod splice {
     use std::net::Shutdown;
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
     use std::sync::Mutex;
+    use std::task::{ready, Context, Poll};
 
     use socket2::SockRef;
     use tokio::io::Interest;
@@ -145,71 +194,103 @@ mod splice {
         }
     }
 
-    async fn write_all(dst: &TcpStream, mut bytes: &[u8], count: &mut u64) -> io::Result<()> {
-        while !bytes.is_empty() {
-            dst.writable().await?;
-            match dst.try_write(bytes) {
-                Ok(n) => {
-                    bytes = &bytes[n..];
-                    *count += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+    /// One direction, `src` → `dst`: pending bytes first, then splice until `src` reaches
+    /// EOF, then a write shutdown of `dst`.
+    pub struct Direction<'p> {
+        /// Bytes still to write before anything read from `src`.
+        pending: &'p [u8],
+        /// Held only while bytes are in flight; a pipe with bytes in it is never pooled.
+        pipe: Option<Pipe>,
+        /// Bytes in `pipe` not yet written to `dst`.
+        in_pipe: usize,
+        /// Bytes written to `dst`.
+        pub count: u64,
+        done: bool,
     }
 
-    /// Moves `src` → `dst` until `src` reaches EOF, then shuts down `dst`'s write side.
-    pub async fn one_way(
-        src: &TcpStream,
-        dst: &TcpStream,
-        pending: &[u8],
-        count: &mut u64,
-    ) -> io::Result<()> {
-        write_all(dst, pending, count).await?;
-        let mut pipe: Option<Pipe> = None;
-        loop {
-            if pipe.is_none() {
-                // Wait for bytes without holding a pipe: idle tunnels cost no descriptors.
-                src.readable().await?;
+    impl<'p> Direction<'p> {
+        pub fn new(pending: &'p [u8]) -> Self {
+            Direction {
+                pending,
+                pipe: None,
+                in_pipe: 0,
+                count: 0,
+                done: false,
             }
-            let p = match pipe.take() {
-                Some(p) => p,
-                None => Pipe::take()?,
-            };
-            let moved = src.try_io(Interest::READABLE, || {
-                sys::splice(src.as_fd().as_raw_fd(), p.write.as_raw_fd(), PIPE_SIZE)
-            });
-            let mut in_pipe = match moved {
-                Ok(0) => {
-                    p.give_back();
-                    return SockRef::from(dst).shutdown(Shutdown::Write);
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Drained for now: the pipe is empty, pool it before waiting again.
-                    p.give_back();
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            while in_pipe > 0 {
-                dst.writable().await?;
-                match dst.try_io(Interest::WRITABLE, || {
-                    sys::splice(p.read.as_raw_fd(), dst.as_fd().as_raw_fd(), in_pipe)
-                }) {
+        }
+
+        /// Moves what can be moved now. `Ready(Ok)` once `src`'s EOF was passed on (and
+        /// on every call after that).
+        pub fn poll(
+            &mut self,
+            cx: &mut Context<'_>,
+            src: &TcpStream,
+            dst: &TcpStream,
+        ) -> Poll<io::Result<()>> {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            while !self.pending.is_empty() {
+                ready!(dst.poll_write_ready(cx))?;
+                match dst.try_write(self.pending) {
                     Ok(n) => {
-                        in_pipe -= n;
-                        *count += n as u64;
+                        self.pending = &self.pending[n..];
+                        self.count += n as u64;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // A pipe still holding bytes is dropped, never pooled.
-                    Err(e) => return Err(e),
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             }
-            // Keep the (empty) pipe while bytes keep coming; pooled once `src` runs dry.
-            pipe = Some(p);
+            loop {
+                while self.in_pipe > 0 {
+                    ready!(dst.poll_write_ready(cx))?;
+                    let Some(p) = &self.pipe else {
+                        unreachable!("bytes in flight without a pipe")
+                    };
+                    match dst.try_io(Interest::WRITABLE, || {
+                        sys::splice(p.read.as_raw_fd(), dst.as_fd().as_raw_fd(), self.in_pipe)
+                    }) {
+                        Ok(n) => {
+                            self.in_pipe -= n;
+                            self.count += n as u64;
+                        }
+                        // Readiness was cleared; the next poll_write_ready registers us.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                if self.pipe.is_none() {
+                    // Wait for bytes without holding a pipe: idle tunnels cost no descriptors.
+                    ready!(src.poll_read_ready(cx))?;
+                    self.pipe = Some(Pipe::take()?);
+                }
+                let Some(p) = &self.pipe else {
+                    unreachable!("a pipe was just taken")
+                };
+                match src.try_io(Interest::READABLE, || {
+                    sys::splice(src.as_fd().as_raw_fd(), p.write.as_raw_fd(), PIPE_SIZE)
+                }) {
+                    Ok(0) => {
+                        if let Some(p) = self.pipe.take() {
+                            p.give_back();
+                        }
+                        self.done = true;
+                        return Poll::Ready(match SockRef::from(dst).shutdown(Shutdown::Write) {
+                            // The peer closed its socket already: nothing left to tell it.
+                            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                            other => other,
+                        });
+                    }
+                    Ok(n) => self.in_pipe = n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Drained for now: the pipe is empty, pool it before waiting again.
+                        if let Some(p) = self.pipe.take() {
+                            p.give_back();
+                        }
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
         }
     }
 
@@ -370,7 +451,7 @@ mod tests {
     async fn splice_relay_keeps_bytes_order_half_close_and_counts() {
         let (mut client, proxy_a) = tcp_pair().await;
         let (mut proxy_b, mut runner) = tcp_pair().await;
-        // The request line was read through a BufReader that also holds these bytes.
+        // The request line is read through a BufReader that also takes these bytes.
         client
             .write_all(b"REQUEST_TUNNEL 1\npipelined")
             .await
@@ -381,8 +462,11 @@ mod tests {
             .await
             .expect("line");
         assert_eq!(line, "REQUEST_TUNNEL 1\n");
-        let relay_task =
-            tokio::spawn(async move { relay_buffered(&mut reader, &mut proxy_b).await });
+        let pending = reader.buffer().to_vec();
+        let mut proxy_a = reader.into_inner();
+        let relay_task = tokio::spawn(async move {
+            relay_client(&mut proxy_a, &pending, &mut proxy_b).await
+        });
 
         let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
