@@ -293,12 +293,13 @@ async fn accept_loop(
         };
         match admitted {
             Ok(slot) => {
-                let state = Arc::clone(&state);
-                let force = force.clone();
-                tracker.spawn(async move {
-                    handle_connection(&state, stream, peer, tls, &force).await;
-                    drop(slot);
-                });
+                let connection = Connection {
+                    slot,
+                    peer,
+                    force: force.clone(),
+                    tracker: tracker.clone(),
+                };
+                tracker.spawn(connection.run(stream, tls));
             }
             Err(refusal) => {
                 state.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -318,44 +319,135 @@ async fn accept_loop(
     }
 }
 
-/// Runs one client connection from its first byte to its close.
-pub async fn handle_connection(
-    state: &ProxyState,
-    stream: TcpStream,
+/// One admitted client connection.
+///
+/// Its first task runs the TLS handshake (on TLS listeners), reads the request, looks
+/// the task up and connects to the runner. An opened tunnel is then relayed by a task of
+/// its own that holds only what relaying needs (the two sockets, the relay's state and
+/// what its log lines name): an SSH session keeps it for hours, thousands at a time.
+struct Connection {
+    /// The connection's place in the limits; released when the connection ends.
+    slot: Admission,
     peer: SocketAddr,
-    tls: bool,
-    force: &CancellationToken,
-) {
-    // No socket options to set: accepted sockets inherit TCP_NODELAY and keepalive
-    // from the listener (set in `serve`).
-    if !tls {
-        return tunnel(state, stream, peer, force).await;
+    force: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream, tls: bool) {
+        // No socket options to set: accepted sockets inherit TCP_NODELAY and keepalive
+        // from the listener (set in `serve`).
+        if !tls {
+            let opened = tokio::select! {
+                opened = open(&self.slot.state, stream, self.peer) => opened,
+                () = self.force.cancelled() => return,
+            };
+            if let Some(opened) = opened {
+                self.relay(opened);
+            }
+            return;
+        }
+        // Boxed: the TLS path's state is several times the plain one's.
+        Box::pin(self.run_tls(stream)).await;
     }
-    let Some(acceptor) = state.tls.clone() else {
-        warn!(peer = %peer, "TLS listener without TLS configuration");
-        return;
-    };
-    // Boxed: the handshake's state would otherwise sit inline in every connection's
-    // task, plain ones included (~500 bytes each).
-    let handshake = Box::pin(acceptor.accept(stream));
-    // Decided in a statement of its own: a `match` on the handshake's result around the
-    // `.await` below would keep the (large) TLS stream's slot in every task's state.
-    let tunnel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> =
-        match tokio::time::timeout(state.timeouts.tls_handshake, handshake).await {
-            // Boxed for the same reason: the TLS path's state is larger than the plain one's.
-            Ok(Ok(stream)) => Box::pin(tunnel(state, stream, peer, force)),
-            Ok(Err(e)) => {
-                state.stats.refused.fetch_add(1, Ordering::Relaxed);
-                warn!(peer = %peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                state.stats.refused.fetch_add(1, Ordering::Relaxed);
-                warn!(peer = %peer, "TLS handshake timed out");
-                return;
-            }
+
+    async fn run_tls(self, stream: TcpStream) {
+        let state = &self.slot.state;
+        let peer = self.peer;
+        let Some(acceptor) = state.tls.clone() else {
+            warn!(peer = %peer, "TLS listener without TLS configuration");
+            return;
         };
-    tunnel.await;
+        let opened = tokio::select! {
+            opened = async {
+                let handshake = tokio::time::timeout(state.timeouts.tls_handshake, acceptor.accept(stream));
+                match handshake.await {
+                    Ok(Ok(stream)) => open(state, stream, peer).await,
+                    Ok(Err(e)) => {
+                        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %peer, error = %e, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %peer, "TLS handshake timed out");
+                        None
+                    }
+                }
+            } => opened,
+            () = self.force.cancelled() => return,
+        };
+        if let Some(opened) = opened {
+            self.relay(opened);
+        }
+    }
+
+    /// Relays an open tunnel in a task of its own.
+    fn relay<S>(self, opened: Opened<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let tracker = self.tracker.clone();
+        tracker.spawn(self.relaying(opened));
+    }
+
+    /// Relays until the tunnel ends (or shutdown cuts it), then logs how it went.
+    fn relaying<S>(self, opened: Opened<S>) -> impl std::future::Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut opened = opened;
+        // Fields are used in place (not destructured): every binding would be one more
+        // slot in this long-lived task's state.
+        async move {
+            let state = &self.slot.state;
+            let started = Instant::now();
+            let outcome = {
+                let relayed = match state.timeouts.idle {
+                    None => relay::relay_client(
+                        &mut opened.client,
+                        &opened.pending,
+                        &mut opened.runner,
+                    ),
+                    Some(idle) => Box::pin(relay_until_idle(
+                        &mut opened.client,
+                        &opened.pending,
+                        &mut opened.runner,
+                        idle,
+                    )),
+                };
+                tokio::select! {
+                    outcome = relayed => Some(outcome),
+                    () = self.force.cancelled() => None,
+                }
+            };
+            state.stats.open.fetch_sub(1, Ordering::Relaxed);
+            state.stats.changed.notify_one();
+            let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let (task_id, peer, runner) = (opened.task_id, self.peer, &opened.runner_addr);
+            match outcome {
+                Some(outcome) => {
+                    let end = match &outcome.result {
+                        Ok(()) => "closed".to_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    info!(
+                        task_id = %task_id,
+                        peer = %peer,
+                        runner = %runner,
+                        bytes_up = outcome.stats.a_to_b,
+                        bytes_down = outcome.stats.b_to_a,
+                        duration_ms,
+                        end = %end,
+                        "tunnel closed"
+                    );
+                }
+                None => {
+                    info!(task_id = %task_id, peer = %peer, runner = %runner, duration_ms, "tunnel cut at shutdown")
+                }
+            }
+        }
+    }
 }
 
 /// A tunnel whose runner connection is up and whose client has its `SUCCESS`.
@@ -365,71 +457,8 @@ struct Opened<S> {
     pending: Vec<u8>,
     runner: TcpStream,
     task_id: TaskId,
-    route: Route,
-}
-
-async fn tunnel<S>(state: &ProxyState, stream: S, peer: SocketAddr, force: &CancellationToken)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // Boxed: the setup's timers, request buffer and lookup live only until the tunnel
-    // opens; an open tunnel's task then carries only the small relay phase below.
-    let setup = Box::pin(open(state, stream, peer));
-    let opened = tokio::select! {
-        opened = setup => opened,
-        () = force.cancelled() => return,
-    };
-    let Some(Opened {
-        mut client,
-        pending,
-        mut runner,
-        task_id,
-        route,
-    }) = opened
-    else {
-        return;
-    };
-    let runner_addr = route.display_addr();
-    state.stats.open.fetch_add(1, Ordering::Relaxed);
-    state.stats.opened.fetch_add(1, Ordering::Relaxed);
-    state.stats.changed.notify_one();
-    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, "tunnel opened");
-    drop(route);
-    let started = Instant::now();
-    // Boxed: the relay's state is allocated when a tunnel opens, not carried inline by
-    // every connection task from its first byte (thousands may sit in the request phase).
-    let relayed = match state.timeouts.idle {
-        None => relay::relay_client(&mut client, &pending, &mut runner),
-        Some(idle) => Box::pin(relay_until_idle(&mut client, &pending, &mut runner, idle)),
-    };
-    let outcome = tokio::select! {
-        outcome = relayed => Some(outcome),
-        () = force.cancelled() => None,
-    };
-    state.stats.open.fetch_sub(1, Ordering::Relaxed);
-    state.stats.changed.notify_one();
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    match outcome {
-        Some(outcome) => {
-            let end = match &outcome.result {
-                Ok(()) => "closed".to_owned(),
-                Err(e) => e.to_string(),
-            };
-            info!(
-                task_id = %task_id,
-                peer = %peer,
-                runner = %runner_addr,
-                bytes_up = outcome.stats.a_to_b,
-                bytes_down = outcome.stats.b_to_a,
-                duration_ms,
-                end = %end,
-                "tunnel closed"
-            );
-        }
-        None => {
-            info!(task_id = %task_id, peer = %peer, runner = %runner_addr, duration_ms, "tunnel cut at shutdown")
-        }
-    }
+    /// The runner's address, for the log lines.
+    runner_addr: String,
 }
 
 /// Reads the request, looks the task up, connects to its runner and answers `SUCCESS`;
@@ -471,6 +500,11 @@ where
         info!(peer = %peer, task_id = %task_id, error = %e, "client left before SUCCESS");
         return None;
     }
+    let runner_addr = route.display_addr();
+    state.stats.open.fetch_add(1, Ordering::Relaxed);
+    state.stats.opened.fetch_add(1, Ordering::Relaxed);
+    state.stats.changed.notify_one();
+    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, "tunnel opened");
     // Whatever the client pipelined behind its request line goes to the runner first;
     // the request buffer itself is freed here, before the tunnel idles for hours.
     let pending = client.buffer().to_vec();
@@ -479,7 +513,7 @@ where
         pending,
         runner,
         task_id,
-        route,
+        runner_addr,
     })
 }
 
@@ -689,16 +723,20 @@ async fn write_refusal<S: AsyncRead + AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    /// What every connection's task carries inline, for its whole life (hours for an SSH
-    /// session). The idle-tunnel footprint in BENCHMARKS.md depends on it staying small:
-    /// the setup and relay states are boxed and freed or allocated as the tunnel moves on.
+    /// What an open tunnel's task carries inline, for its whole life (hours for an SSH
+    /// session). The idle-tunnel footprint in BENCHMARKS.md depends on it staying small.
     #[tokio::test]
-    async fn connection_task_state_stays_small() {
+    async fn tunnel_task_state_stays_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (mut a, (mut b, peer)) = (a.expect("connect"), b.expect("accept"));
-        let state = ProxyState::new(
+        let pair = || async {
+            let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            (a.expect("connect"), b.expect("accept").0)
+        };
+        let (mut a, mut b) = pair().await;
+        let (client, runner) = pair().await;
+        let (_, accepted) = pair().await;
+        let state = Arc::new(ProxyState::new(
             TaskDirectory::new("/nonexistent/hakuriver.db"),
             Timeouts {
                 request: Duration::from_secs(1),
@@ -706,17 +744,33 @@ mod tests {
                 tls_handshake: Duration::from_secs(1),
                 idle: None,
             },
-            Limits::default(),
+            Limits {
+                max_connections: 10,
+                max_connections_per_ip: 10,
+                ..Limits::default()
+            },
             None,
-        );
-        let force = CancellationToken::new();
-        let relay = relay::relay_tcp(&mut a, &[], &mut b);
-        let relay_size = std::mem::size_of_val(&relay);
-        drop(relay);
-        let connection = handle_connection(&state, b, peer, false, &force);
-        let connection_size = std::mem::size_of_val(&connection);
-        eprintln!("connection future {connection_size} bytes, relay future {relay_size} bytes");
-        assert!(connection_size <= 1024, "connection future is {connection_size} bytes");
-        assert!(relay_size <= 256, "splice relay future is {relay_size} bytes");
+        ));
+        let peer = client.peer_addr().expect("peer");
+        let connection = || Connection {
+            slot: state.admit(peer.ip()).expect("admitted"),
+            peer,
+            force: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let setup_size = std::mem::size_of_val(&connection().run(accepted, false));
+        let opened = Opened {
+            client,
+            pending: Vec::new(),
+            runner,
+            task_id: "1".parse().expect("id"),
+            runner_addr: String::new(),
+        };
+        let relaying_size = std::mem::size_of_val(&connection().relaying(opened));
+        let splice_size = std::mem::size_of_val(&relay::relay_tcp(&mut a, &[], &mut b));
+        eprintln!("setup task {setup_size} B, relay task {relaying_size} B, splice relay {splice_size} B");
+        assert!(setup_size <= 1536, "setup task is {setup_size} bytes");
+        assert!(relaying_size <= 512, "relay task is {relaying_size} bytes");
+        assert!(splice_size <= 256, "splice relay is {splice_size} bytes");
     }
 }
