@@ -131,31 +131,62 @@ impl TaskDirectory {
     /// it from `spawn_blocking` (see [`TaskDirectory::lookup_async`]).
     pub fn lookup(&self, id: TaskId) -> Result<Route, Refusal> {
         let row = self
-            .with_conn(|conn| {
-                let mut stmt = conn.prepare_cached(LOOKUP_SQL)?;
-                stmt.query_row([id.get()], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })
-                .optional()
-            })
+            .with_conn(|conn| query_task(conn, id))
             .map_err(Refusal::Database)?;
         evaluate(id, row)
     }
 
-    /// [`TaskDirectory::lookup`] on tokio's blocking pool, off the async workers.
+    /// Looks a task up from async code.
+    ///
+    /// The lookup is an indexed read of a small, hot file (tens of microseconds), so it
+    /// first runs right here on the async worker: handing it to the blocking pool and
+    /// back costs more than the query (two thread wake-ups per tunnel; BENCHMARKS.md).
+    /// That fast path never waits: it needs a pooled connection and gives up at once
+    /// (busy timeout 0) when HakuRiver holds a write lock. Then, and for opening a
+    /// connection, the lookup goes to tokio's blocking pool, where it may wait up to
+    /// [`BUSY_TIMEOUT`] without stalling other connections.
     pub async fn lookup_async(&self, id: TaskId) -> Result<Route, Refusal> {
+        if let Some(result) = self.try_lookup_now(id) {
+            return result;
+        }
         let this = self.clone();
         match tokio::task::spawn_blocking(move || this.lookup(id)).await {
             Ok(result) => result,
             Err(join) => Err(Refusal::Internal(format!("lookup task failed: {join}"))),
+        }
+    }
+
+    /// The non-blocking fast path of [`TaskDirectory::lookup_async`]: `None` when it
+    /// would have to open a connection or wait for a lock.
+    fn try_lookup_now(&self, id: TaskId) -> Option<Result<Route, Refusal>> {
+        let identity = file_identity(&self.inner.path).ok()?;
+        let pooled = {
+            let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(|p| p.identity == identity);
+            idle.pop()?
+        };
+        let result = pooled
+            .conn
+            .busy_timeout(Duration::ZERO)
+            .and_then(|()| query_task(&pooled.conn, id));
+        let restored = pooled.conn.busy_timeout(BUSY_TIMEOUT);
+        let row = match result {
+            Ok(row) if restored.is_ok() => row,
+            Err(e) if is_busy(&e) && restored.is_ok() => {
+                self.give_back(pooled);
+                return None;
+            }
+            // Anything else is the blocking path's to report (and the connection's end).
+            _ => return None,
+        };
+        self.give_back(pooled);
+        Some(evaluate(id, row))
+    }
+
+    fn give_back(&self, pooled: Pooled) {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < POOL_SIZE {
+            idle.push(pooled);
         }
     }
 
@@ -193,13 +224,35 @@ impl TaskDirectory {
             source,
         });
         if result.is_ok() {
-            let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < POOL_SIZE {
-                idle.push(pooled);
-            }
+            self.give_back(pooled);
         }
         result
     }
+}
+
+/// Runs [`LOOKUP_SQL`] for `id` (a prepared statement cached per connection).
+fn query_task(conn: &Connection, id: TaskId) -> rusqlite::Result<Option<Row>> {
+    let mut stmt = conn.prepare_cached(LOOKUP_SQL)?;
+    stmt.query_row([id.get()], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ))
+    })
+    .optional()
+}
+
+/// Whether SQLite gave up because another connection holds a conflicting lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn file_identity(path: &Path) -> Result<(u64, u64), DbError> {
@@ -272,6 +325,60 @@ pub fn runner_host(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The two tables the lookup reads, with one routable VPS (task 7).
+    fn small_db(dir: &Path) -> PathBuf {
+        let path = dir.join("hakuriver.db");
+        let conn = Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE node (hostname TEXT PRIMARY KEY, url TEXT NOT NULL, status TEXT NOT NULL);
+             CREATE TABLE task (task_id INTEGER PRIMARY KEY, task_type TEXT NOT NULL,
+                 status TEXT NOT NULL, assigned_node_id TEXT, ssh_port INTEGER);
+             INSERT INTO node VALUES ('n1', 'http://10.0.0.5:8001', 'online');
+             INSERT INTO task VALUES (7, 'vps', 'running', 'n1', 2222);",
+        )
+        .expect("schema");
+        path
+    }
+
+    #[test]
+    fn fast_path_runs_with_a_pooled_connection_and_never_waits_for_a_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = small_db(dir.path());
+        let directory = TaskDirectory::new(&path);
+        let id: TaskId = "7".parse().expect("id");
+        let route = Route {
+            host: "10.0.0.5".into(),
+            port: 2222,
+            node: "n1".into(),
+        };
+        // No connection yet: opening one is the blocking pool's job.
+        assert!(directory.try_lookup_now(id).is_none());
+        assert_eq!(directory.lookup(id).expect("lookup"), route);
+        assert_eq!(
+            directory.try_lookup_now(id).expect("pooled").expect("found"),
+            route
+        );
+        // HakuRiver writing: the fast path steps aside at once instead of waiting out
+        // the busy timeout on an async worker.
+        let writer = Connection::open(&path).expect("writer");
+        writer.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+        let started = std::time::Instant::now();
+        assert!(directory.try_lookup_now(id).is_none());
+        assert!(started.elapsed() < BUSY_TIMEOUT / 2, "waited for the lock");
+        writer.execute_batch("COMMIT").expect("unlock");
+        // The connection went back to the pool with its busy timeout restored.
+        assert_eq!(
+            directory.try_lookup_now(id).expect("pooled").expect("found"),
+            route
+        );
+        let idle = directory.inner.idle.lock().expect("pool");
+        let busy_ms: i64 = idle[0]
+            .conn
+            .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+            .expect("busy_timeout");
+        assert_eq!(u128::try_from(busy_ms).expect("ms"), BUSY_TIMEOUT.as_millis());
+    }
 
     #[test]
     fn runner_hosts() {
