@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use hakuriver_tunnel::relay::ReadAhead;
 use hakuriver_tunnel::tls::{
     client_config, describe_tls_error, probe_config, CapturedFingerprint, ClientTrust, Fingerprint,
 };
@@ -123,6 +124,8 @@ impl Transport {
             reason,
         };
         let connector = TlsConnector::from(Arc::clone(&tls.config));
+        // ReadAhead: rustls reads its socket 4 KiB at a time otherwise.
+        let tcp = ReadAhead::new(tcp);
         let stream = timeout_at(deadline, connector.connect(tls.server_name.clone(), tcp))
             .await
             .map_err(|_| tls_error("the TLS handshake did not finish in time".to_owned()))?

@@ -356,7 +356,10 @@ mod tests {
         assert!(directory.try_lookup_now(id).is_none());
         assert_eq!(directory.lookup(id).expect("lookup"), route);
         assert_eq!(
-            directory.try_lookup_now(id).expect("pooled").expect("found"),
+            directory
+                .try_lookup_now(id)
+                .expect("pooled")
+                .expect("found"),
             route
         );
         // HakuRiver writing: the fast path steps aside at once instead of waiting out
@@ -369,7 +372,10 @@ mod tests {
         writer.execute_batch("COMMIT").expect("unlock");
         // The connection went back to the pool with its busy timeout restored.
         assert_eq!(
-            directory.try_lookup_now(id).expect("pooled").expect("found"),
+            directory
+                .try_lookup_now(id)
+                .expect("pooled")
+                .expect("found"),
             route
         );
         let idle = directory.inner.idle.lock().expect("pool");
@@ -377,7 +383,10 @@ mod tests {
             .conn
             .pragma_query_value(None, "busy_timeout", |r| r.get(0))
             .expect("busy_timeout");
-        assert_eq!(u128::try_from(busy_ms).expect("ms"), BUSY_TIMEOUT.as_millis());
+        assert_eq!(
+            u128::try_from(busy_ms).expect("ms"),
+            BUSY_TIMEOUT.as_millis()
+        );
     }
 
     #[test]

@@ -360,6 +360,8 @@ impl Connection {
         };
         let opened = tokio::select! {
             opened = async {
+                // ReadAhead: rustls reads its socket 4 KiB at a time otherwise.
+                let stream = relay::ReadAhead::new(stream);
                 let handshake = tokio::time::timeout(state.timeouts.tls_handshake, acceptor.accept(stream));
                 match handshake.await {
                     Ok(Ok(stream)) => open(state, stream, peer).await,
@@ -404,11 +406,9 @@ impl Connection {
             let started = Instant::now();
             let outcome = {
                 let relayed = match state.timeouts.idle {
-                    None => relay::relay_client(
-                        &mut opened.client,
-                        &opened.pending,
-                        &mut opened.runner,
-                    ),
+                    None => {
+                        relay::relay_client(&mut opened.client, &opened.pending, &mut opened.runner)
+                    }
                     Some(idle) => Box::pin(relay_until_idle(
                         &mut opened.client,
                         &opened.pending,
@@ -768,7 +768,9 @@ mod tests {
         };
         let relaying_size = std::mem::size_of_val(&connection().relaying(opened));
         let splice_size = std::mem::size_of_val(&relay::relay_tcp(&mut a, &[], &mut b));
-        eprintln!("setup task {setup_size} B, relay task {relaying_size} B, splice relay {splice_size} B");
+        eprintln!(
+            "setup task {setup_size} B, relay task {relaying_size} B, splice relay {splice_size} B"
+        );
         assert!(setup_size <= 1536, "setup task is {setup_size} bytes");
         assert!(relaying_size <= 512, "relay task is {relaying_size} bytes");
         assert!(splice_size <= 256, "splice relay is {splice_size} bytes");

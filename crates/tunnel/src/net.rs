@@ -46,7 +46,10 @@ mod tests {
         assert!(sock.nodelay().expect("nodelay"));
         assert!(sock.keepalive().expect("keepalive"));
         assert_eq!(sock.keepalive_time().expect("idle"), KEEPALIVE_TIME);
-        assert_eq!(sock.keepalive_interval().expect("interval"), KEEPALIVE_INTERVAL);
+        assert_eq!(
+            sock.keepalive_interval().expect("interval"),
+            KEEPALIVE_INTERVAL
+        );
         assert_eq!(sock.keepalive_retries().expect("count"), KEEPALIVE_RETRIES);
         // The connecting side is untouched: the options are the listener's, not global.
         assert!(!SockRef::from(&client).nodelay().expect("nodelay"));

@@ -1,20 +1,48 @@
 //! The one relay every data path uses.
 //!
-//! Built on [`tokio::io::copy_bidirectional_with_sizes`]: both directions are polled by
-//! one future, an EOF on one side is passed on as a write shutdown (half-close, which
-//! `scp`, `rsync` and `ssh host cmd < file` rely on) while the other direction keeps
-//! flowing, and the first I/O error ends both. Writes are awaited before more is read,
-//! so a stalled peer stalls its sender instead of growing a buffer (backpressure).
+//! Both directions are polled by one future, an EOF on one side is passed on as a write
+//! shutdown (half-close, which `scp`, `rsync` and `ssh host cmd < file` rely on) while
+//! the other direction keeps flowing, and the first I/O error ends both. Writes finish
+//! before more is read, so a stalled peer stalls its sender instead of growing a buffer
+//! (backpressure).
+//!
+//! No tunnel holds a buffer while it is idle: [`relay`] takes its copy buffers from a
+//! small shared pool when bytes arrive and gives them back as soon as a source has
+//! nothing more to read; [`relay_tcp`] (plain TCP on Linux) moves bytes with splice(2)
+//! through pooled pipes. [`ReadAhead`] gives TLS sessions large socket reads the same way.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Mutex;
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Size of each direction's copy buffer.
+/// Size of each copy buffer.
 pub const RELAY_BUFFER: usize = 64 * 1024;
+/// Idle copy buffers kept for reuse (at most 4 MiB); more are freed.
+const BUFFER_POOL_MAX: usize = 64;
+
+static BUFFERS: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+/// A [`RELAY_BUFFER`]-sized buffer from the pool, or a new one.
+fn take_buffer() -> Box<[u8]> {
+    BUFFERS
+        .lock()
+        .ok()
+        .and_then(|mut pool| pool.pop())
+        .unwrap_or_else(|| vec![0; RELAY_BUFFER].into_boxed_slice())
+}
+
+/// Returns a buffer to the pool (its contents are stale bytes, never read again).
+fn give_back_buffer(buffer: Box<[u8]>) {
+    if let Ok(mut pool) = BUFFERS.lock() {
+        if pool.len() < BUFFER_POOL_MAX {
+            pool.push(buffer);
+        }
+    }
+}
 
 /// Bytes moved by a finished (or failed) relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,24 +69,223 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut a = Counted {
-        inner: a,
-        written: 0,
+    let mut up = Copy::default();
+    let mut down = Copy::default();
+    let result = std::future::poll_fn(|cx| {
+        let up_done = match up.poll(cx, &mut *a, &mut *b) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            other => other.is_ready(),
+        };
+        let down_done = match down.poll(cx, &mut *b, &mut *a) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            other => other.is_ready(),
+        };
+        if up_done && down_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    let stats = RelayStats {
+        a_to_b: up.count,
+        b_to_a: down.count,
     };
-    let mut b = Counted {
-        inner: b,
-        written: 0,
-    };
-    let result =
-        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, RELAY_BUFFER, RELAY_BUFFER)
-            .await
-            .map(|_| ());
-    RelayOutcome {
-        stats: RelayStats {
-            a_to_b: b.written,
-            b_to_a: a.written,
-        },
-        result,
+    up.release();
+    down.release();
+    RelayOutcome { stats, result }
+}
+
+/// One direction of [`relay`]: read into a pooled buffer, write it all, repeat; flush
+/// whenever the source runs dry; at the source's EOF, shut the destination's write side.
+#[derive(Default)]
+struct Copy {
+    /// Held only while bytes are in flight.
+    buffer: Option<Box<[u8]>>,
+    /// `buffer[pos..end]` is still to be written.
+    pos: usize,
+    end: usize,
+    /// Bytes written to the destination.
+    count: u64,
+    /// Written since the last flush.
+    unflushed: bool,
+    eof: bool,
+    done: bool,
+}
+
+impl Copy {
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(buffer) = &self.buffer {
+                while self.pos < self.end {
+                    let n =
+                        ready!(Pin::new(&mut *dst).poll_write(cx, &buffer[self.pos..self.end]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.pos += n;
+                    self.count += n as u64;
+                    self.unflushed = true;
+                }
+            }
+            if self.eof {
+                if self.unflushed {
+                    ready!(Pin::new(&mut *dst).poll_flush(cx))?;
+                    self.unflushed = false;
+                }
+                ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
+                self.done = true;
+                continue;
+            }
+            let buffer = self.buffer.get_or_insert_with(take_buffer);
+            let mut read = ReadBuf::new(buffer);
+            match Pin::new(&mut *src).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    self.pos = 0;
+                    self.end = n;
+                    if n == 0 {
+                        self.eof = true;
+                        self.release();
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing to read now: the buffer goes back to the pool (an idle
+                    // tunnel holds none) and what was written is flushed.
+                    self.release();
+                    if self.unflushed {
+                        ready!(Pin::new(&mut *dst).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Gives the buffer back to the pool; only when everything in it was written.
+    fn release(&mut self) {
+        if self.pos == self.end {
+            if let Some(buffer) = self.buffer.take() {
+                give_back_buffer(buffer);
+            }
+        }
+    }
+}
+
+/// Reads the wrapped stream in [`RELAY_BUFFER`]-sized chunks however little a caller
+/// asks for, and passes writes straight through.
+///
+/// rustls asks its transport for at most 4 KiB per read, so a TLS session over a bare
+/// socket makes four system calls per 16 KiB record; under a `ReadAhead` it makes about
+/// one per 64 KiB. The buffer comes from the relay's pool when a read finds the caller's
+/// buffer small, and goes back as soon as it is empty, so an idle session holds none.
+#[derive(Debug)]
+pub struct ReadAhead<S> {
+    inner: S,
+    buffer: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+}
+
+impl<S> ReadAhead<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        ReadAhead {
+            inner,
+            buffer: None,
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S> Drop for ReadAhead<S> {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            give_back_buffer(buffer);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos == this.end {
+            if buf.remaining() >= RELAY_BUFFER {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let buffer = this.buffer.get_or_insert_with(take_buffer);
+            let mut read = ReadBuf::new(buffer);
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut read);
+            let n = read.filled().len();
+            if !matches!(polled, Poll::Ready(Ok(()))) || n == 0 {
+                if let Some(buffer) = this.buffer.take() {
+                    give_back_buffer(buffer);
+                }
+                return polled;
+            }
+            this.pos = 0;
+            this.end = n;
+        }
+        if let Some(buffer) = &this.buffer {
+            let n = buf.remaining().min(this.end - this.pos);
+            buf.put_slice(&buffer[this.pos..this.pos + n]);
+            this.pos += n;
+        }
+        if this.pos == this.end {
+            if let Some(buffer) = this.buffer.take() {
+                give_back_buffer(buffer);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -342,44 +569,6 @@ mod splice {
     }
 }
 
-/// Counts bytes accepted by `poll_write`, so totals survive an error mid-relay.
-struct Counted<'a, S: ?Sized> {
-    inner: &'a mut S,
-    written: u64,
-}
-
-impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            self.written += n as u64;
-        }
-        poll
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +625,71 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (mut src_peer, mut src) = tokio::io::duplex(256 * 1024);
+        let (mut dst, mut dst_peer) = tokio::io::duplex(256 * 1024);
+        let mut copy = Copy::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        src_peer.write_all(&[7u8; 100_000]).await.expect("write");
+        // Everything available is moved, then the source is dry: Pending, no buffer.
+        assert!(copy.poll(&mut cx, &mut src, &mut dst).is_pending());
+        assert!(copy.buffer.is_none());
+        assert_eq!(copy.count, 100_000);
+        let mut got = vec![0u8; 100_000];
+        dst_peer.read_exact(&mut got).await.expect("read");
+        assert!(got.iter().all(|b| *b == 7));
+        // A destination that stops reading keeps the unwritten bytes (and their buffer).
+        src_peer.write_all(&[8u8; 200_000]).await.expect("write");
+        let (mut small, _small_peer) = tokio::io::duplex(1024);
+        assert!(copy.poll(&mut cx, &mut src, &mut small).is_pending());
+        assert!(copy.buffer.is_some() && copy.pos < copy.end);
+        // EOF: passed on, and the buffer released.
+        let mut copy = Copy::default();
+        drop(src_peer);
+        let (mut empty_src_peer, mut empty_src) = tokio::io::duplex(64);
+        empty_src_peer.shutdown().await.expect("shutdown");
+        assert!(matches!(
+            copy.poll(&mut cx, &mut empty_src, &mut dst),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(copy.buffer.is_none());
+        let mut rest = Vec::new();
+        dst_peer.read_to_end(&mut rest).await.expect("EOF passed on");
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn read_ahead_returns_every_byte_in_order_to_small_reads() {
+        let (mut writer, reader) = tokio::io::duplex(512 * 1024);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        writer.write_all(&data).await.expect("write");
+        drop(writer);
+        let mut reader = ReadAhead::new(reader);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(WAIT, reader.read(&mut chunk))
+                .await
+                .expect("read in time")
+                .expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got == data, "bytes differ");
+        // Drained: the buffer went back to the pool.
+        assert!(reader.buffer.is_none());
+        // Writes pass straight through.
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a = ReadAhead::new(a);
+        a.write_all(b"through").await.expect("write");
+        let mut seen = [0u8; 7];
+        b.read_exact(&mut seen).await.expect("read");
+        assert_eq!(&seen, b"through");
+    }
+
     /// Two connected loopback sockets.
     async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -464,9 +718,8 @@ mod tests {
         assert_eq!(line, "REQUEST_TUNNEL 1\n");
         let pending = reader.buffer().to_vec();
         let mut proxy_a = reader.into_inner();
-        let relay_task = tokio::spawn(async move {
-            relay_client(&mut proxy_a, &pending, &mut proxy_b).await
-        });
+        let relay_task =
+            tokio::spawn(async move { relay_client(&mut proxy_a, &pending, &mut proxy_b).await });
 
         let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
