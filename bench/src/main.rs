@@ -26,6 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hakuriver_ssh_tests::process::{LogBuffer, Process};
 use hakuriver_ssh_tests::proxy::{parse_listeners, Transport};
 use hakuriver_ssh_tests::{HakuDb, PyHostProxy, Sshd};
+use hakuriver_tunnel::relay::ReadAhead;
 use hakuriver_tunnel::tls::{client_config, ClientTrust, Fingerprint};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -263,7 +264,8 @@ struct Target {
 /// Either stream kind a tunnel can be.
 enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Over [`ReadAhead`], as the `hakuriver-ssh` client reads its TLS socket.
+    Tls(Box<tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>>),
 }
 
 impl Target {
@@ -276,7 +278,11 @@ impl Target {
         let mut stream = match &self.tls {
             Some(c) => {
                 let name = rustls::pki_types::ServerName::try_from("localhost")?;
-                Stream::Tls(Box::new(c.connect(name, tcp).await.context("TLS handshake")?))
+                Stream::Tls(Box::new(
+                    c.connect(name, ReadAhead::new(tcp))
+                        .await
+                        .context("TLS handshake")?,
+                ))
             }
             None => Stream::Plain(tcp),
         };
@@ -317,10 +323,16 @@ impl Target {
 fn cpu_us(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at field 3.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad stat for {pid}"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("bad stat for {pid}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| -> Result<f64> {
-        fields.get(i).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| anyhow!("no field {i} in stat of {pid}"))
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("no field {i} in stat of {pid}"))
     };
     // utime and stime are fields 14 and 15: indices 11 and 12 after the name.
     Ok((ticks(11)? + ticks(12)?) * 1e6 / CLOCK_TICKS_PER_SEC)
@@ -339,32 +351,44 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
 }
 
-async fn deadline<T>(what: &str, limit: Duration, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+async fn deadline<T>(
+    what: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| anyhow!("{what}: no result within {limit:?}"))?
 }
 
 /// One tunnel, `bytes` each way at once, every byte verified on both ends.
-/// Returns aggregate MB/s (both directions).
-async fn bulk(runner: &Runner, t: &Target, bytes: u64) -> Result<f64> {
+/// Returns aggregate MB/s (both directions) and, for a proxy, its CPU time (user + sys)
+/// per GB relayed in ms.
+async fn bulk(runner: &Runner, t: &Target, bytes: u64) -> Result<(f64, Option<f64>)> {
     runner.set_mode(Mode::Bulk);
     runner.bulk_bytes.store(bytes, Ordering::SeqCst);
     let mut results = runner.bulk_results.lock().await;
     let limit = Duration::from_secs(600);
     let stream = deadline("tunnel", STEP, t.open(false)).await?;
+    let cpu_before = t.pid.map(cpu_us).transpose()?;
     let started = Instant::now();
     let work = async {
         let got = match stream {
             Stream::Plain(s) => {
                 let (mut r, mut w) = s.into_split();
-                let (sent, got) = tokio::join!(send_pattern(&mut w, bytes, SEED_UP), recv_pattern(&mut r, SEED_DOWN));
+                let (sent, got) = tokio::join!(
+                    send_pattern(&mut w, bytes, SEED_UP),
+                    recv_pattern(&mut r, SEED_DOWN)
+                );
                 sent?;
                 got?
             }
             Stream::Tls(s) => {
                 let (mut r, mut w) = tokio::io::split(*s);
-                let (sent, got) = tokio::join!(send_pattern(&mut w, bytes, SEED_UP), recv_pattern(&mut r, SEED_DOWN));
+                let (sent, got) = tokio::join!(
+                    send_pattern(&mut w, bytes, SEED_UP),
+                    recv_pattern(&mut r, SEED_DOWN)
+                );
                 sent?;
                 got?
             }
@@ -372,7 +396,10 @@ async fn bulk(runner: &Runner, t: &Target, bytes: u64) -> Result<f64> {
         if got != bytes {
             bail!("client received {got} of {bytes} bytes");
         }
-        let up = results.recv().await.ok_or_else(|| anyhow!("runner gone"))??;
+        let up = results
+            .recv()
+            .await
+            .ok_or_else(|| anyhow!("runner gone"))??;
         if up != bytes {
             bail!("runner received {up} of {bytes} bytes");
         }
@@ -380,7 +407,12 @@ async fn bulk(runner: &Runner, t: &Target, bytes: u64) -> Result<f64> {
     };
     deadline(&format!("bulk via {}", t.name), limit, work).await?;
     let secs = started.elapsed().as_secs_f64();
-    Ok(2.0 * bytes as f64 / secs / 1e6)
+    let cpu_after = t.pid.map(cpu_us).transpose()?;
+    let relayed_gb = 2.0 * bytes as f64 / 1e9;
+    let cpu_ms_per_gb = cpu_before
+        .zip(cpu_after)
+        .map(|(b, a)| (a - b) / 1e3 / relayed_gb);
+    Ok((2.0 * bytes as f64 / secs / 1e6, cpu_ms_per_gb))
 }
 
 /// Latency percentile in µs.
@@ -449,7 +481,11 @@ async fn setup(runner: &Runner, t: &Target, seq: usize, per_client: usize) -> Re
         failed += f;
     }
     if failed > 0 {
-        eprintln!("  {}: {failed} of {} parallel setups failed", t.name, CONCURRENCY * per_client);
+        eprintln!(
+            "  {}: {failed} of {} parallel setups failed",
+            t.name,
+            CONCURRENCY * per_client
+        );
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = t.pid.map(cpu_us).transpose()?;
@@ -564,7 +600,9 @@ fn ssh_transfer(sshd: &Sshd, client: &Path, proxy: Option<SocketAddr>, bytes: u6
     cmd.args(sshd.ssh_opts());
     match proxy {
         None => {
-            cmd.arg("-p").arg(sshd.port().to_string()).arg("root@127.0.0.1");
+            cmd.arg("-p")
+                .arg(sshd.port().to_string())
+                .arg("root@127.0.0.1");
         }
         Some(p) => {
             cmd.arg("-o").arg(format!(
@@ -577,11 +615,16 @@ fn ssh_transfer(sshd: &Sshd, client: &Path, proxy: Option<SocketAddr>, bytes: u6
         }
     }
     cmd.arg(format!("head -c {bytes} /dev/zero"));
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let process = Process::spawn("ssh", &mut cmd)?;
     let mut out = process.take_stdout().ok_or_else(|| anyhow!("no stdout"))?;
-    let errors = LogBuffer::drain(process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?, None);
+    let errors = LogBuffer::drain(
+        process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?,
+        None,
+    );
     let mut buf = vec![0u8; IO_CHUNK];
     let mut got = 0u64;
     loop {
@@ -597,14 +640,19 @@ fn ssh_transfer(sshd: &Sshd, client: &Path, proxy: Option<SocketAddr>, bytes: u6
     let status = process.wait_timeout(STEP)?;
     let secs = start.elapsed().as_secs_f64();
     if !status.success() || got != bytes {
-        bail!("ssh: {status}, {got} of {bytes} bytes; stderr: {}", errors.text());
+        bail!(
+            "ssh: {status}, {got} of {bytes} bytes; stderr: {}",
+            errors.text()
+        );
     }
     Ok(bytes as f64 / secs / 1e6)
 }
 
 /// A port free right now on 127.0.0.1, for tools that cannot bind port 0 and report it.
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Waits (bounded) until something accepts on `addr`.
@@ -654,7 +702,10 @@ fn start_ours(bin: &Path, db: &Path, dir: &Path) -> Result<Ours> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let process = Process::spawn("hakuriver-ssh-proxy", &mut cmd)?;
-    let logs = LogBuffer::drain(process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?, None);
+    let logs = LogBuffer::drain(
+        process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?,
+        None,
+    );
     let listeners = logs.wait_for(Duration::from_secs(30), "listening lines", |text| {
         let l = parse_listeners(text);
         (l.len() >= 2).then_some(l)
@@ -692,12 +743,17 @@ fn start_socat(runner: SocketAddr) -> Result<(Process, SocketAddr)> {
     // 128 KiB buffers: socat's fastest setting here (its default is 8 KiB). -t: keep the
     // other direction open after a half-close.
     cmd.args(["-b", "131072", "-t", "60"])
-        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=1024,nodelay"))
+        .arg(format!(
+            "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=1024,nodelay"
+        ))
         .arg(format!("TCP:{runner},nodelay"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    Ok((Process::spawn("socat", &mut cmd)?, SocketAddr::from(([127, 0, 0, 1], port))))
+    Ok((
+        Process::spawn("socat", &mut cmd)?,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    ))
 }
 
 fn start_haproxy(runner: SocketAddr, dir: &Path) -> Result<(Process, SocketAddr)> {
@@ -719,7 +775,10 @@ fn start_haproxy(runner: SocketAddr, dir: &Path) -> Result<(Process, SocketAddr)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    Ok((Process::spawn("haproxy", &mut cmd)?, SocketAddr::from(([127, 0, 0, 1], port))))
+    Ok((
+        Process::spawn("haproxy", &mut cmd)?,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    ))
 }
 
 /// Command-line knobs (all optional): `--bulk-mb N`, `--seq N`, `--per-client N`,
@@ -795,7 +854,9 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let want = |t: &str| args.targets.iter().any(|x| x == t);
     let run = |w: &str| !args.skip.iter().any(|x| x == w);
-    let dir = tempfile::Builder::new().prefix("hakuriver-bench-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("hakuriver-bench-")
+        .tempdir()?;
     let runner = Runner::start().await?;
     let sshd = Sshd::start()?;
     let db = HakuDb::create(&json!({
@@ -809,7 +870,13 @@ async fn main() -> Result<()> {
     let mut targets = Vec::new();
     let mut keep = Vec::new();
     if want("direct") {
-        targets.push(Target { name: "direct", addr: runner.addr, protocol: false, tls: None, pid: None });
+        targets.push(Target {
+            name: "direct",
+            addr: runner.addr,
+            protocol: false,
+            tls: None,
+            pid: None,
+        });
     }
     let ours = if want("ours") || want("ours-tls") {
         Some(start_ours(&args.proxy_bin, db.path(), dir.path())?)
@@ -818,11 +885,20 @@ async fn main() -> Result<()> {
     };
     if let Some(o) = &ours {
         if want("ours") {
-            targets.push(Target { name: "ours", addr: o.plain, protocol: true, tls: None, pid: Some(o.process.pid()) });
+            targets.push(Target {
+                name: "ours",
+                addr: o.plain,
+                protocol: true,
+                tls: None,
+                pid: Some(o.process.pid()),
+            });
         }
         if want("ours-tls") {
-            let cfg = client_config(&ClientTrust { pins: vec![o.fingerprint], ca_file: None })
-                .map_err(|e| anyhow!("client config: {e}"))?;
+            let cfg = client_config(&ClientTrust {
+                pins: vec![o.fingerprint],
+                ca_file: None,
+            })
+            .map_err(|e| anyhow!("client config: {e}"))?;
             targets.push(Target {
                 name: "ours-tls",
                 addr: o.tls,
@@ -835,58 +911,101 @@ async fn main() -> Result<()> {
     if want("socat") {
         let (p, addr) = start_socat(runner.addr)?;
         wait_listening(addr, "socat").await?;
-        targets.push(Target { name: "socat", addr, protocol: false, tls: None, pid: Some(p.pid()) });
+        targets.push(Target {
+            name: "socat",
+            addr,
+            protocol: false,
+            tls: None,
+            pid: Some(p.pid()),
+        });
         keep.push(p);
     }
     if want("haproxy") {
         let (p, addr) = start_haproxy(runner.addr, dir.path())?;
         wait_listening(addr, "haproxy").await?;
-        targets.push(Target { name: "haproxy", addr, protocol: false, tls: None, pid: Some(p.pid()) });
+        targets.push(Target {
+            name: "haproxy",
+            addr,
+            protocol: false,
+            tls: None,
+            pid: Some(p.pid()),
+        });
         keep.push(p);
     }
-    let py = if want("python") { Some(PyHostProxy::start(db.path())?) } else { None };
+    let py = if want("python") {
+        Some(PyHostProxy::start(db.path())?)
+    } else {
+        None
+    };
     if let Some(p) = &py {
-        targets.push(Target { name: "python", addr: p.addr(), protocol: true, tls: None, pid: Some(p.process().pid()) });
+        targets.push(Target {
+            name: "python",
+            addr: p.addr(),
+            protocol: true,
+            tls: None,
+            pid: Some(p.process().pid()),
+        });
     }
     // Let the readiness probes' connections drain before measuring.
     runner.release_all();
 
     let rows = [
-        "bulk 1 GB each way at once, MB/s (both directions)",   // 0
-        "setup p50, one at a time (µs)",                         // 1
-        "setup p99, one at a time (µs)",                         // 2
-        "setup p50, 32 at once (µs)",                            // 3
-        "setup p99, 32 at once (µs)",                            // 4
-        "tunnels/s, 32 at once",                                 // 5
-        "idle RSS per tunnel (bytes)",                           // 6
-        "stall: RSS growth per stalled tunnel (KiB)",            // 7
-        "stall: bytes the client got rid of per tunnel (MiB)",   // 8
-        "ssh download, MB/s",                                    // 9
-        "proxy CPU per tunnel set up, user+sys (µs)",           // 10
+        "bulk 1 GB each way at once, MB/s (both directions)", // 0
+        "setup p50, one at a time (µs)",                      // 1
+        "setup p99, one at a time (µs)",                      // 2
+        "setup p50, 32 at once (µs)",                         // 3
+        "setup p99, 32 at once (µs)",                         // 4
+        "tunnels/s, 32 at once",                              // 5
+        "idle RSS per tunnel (bytes)",                        // 6
+        "stall: RSS growth per stalled tunnel (KiB)",         // 7
+        "stall: bytes the client got rid of per tunnel (MiB)", // 8
+        "ssh download, MB/s",                                 // 9
+        "proxy CPU per tunnel set up, user+sys (µs)",         // 10
+        "bulk: proxy CPU per GB relayed, user+sys (ms)",      // 11
     ];
     let mut table = Table::new();
     let mut direct = BTreeMap::<usize, f64>::new();
-    let put = |table: &mut Table, row: usize, t: &str, v: f64, digits: usize, hib: bool, direct: &mut BTreeMap<usize, f64>| {
+    let put = |table: &mut Table,
+               row: usize,
+               t: &str,
+               v: f64,
+               digits: usize,
+               hib: bool,
+               direct: &mut BTreeMap<usize, f64>| {
         if t == "direct" {
             direct.insert(row, v);
         }
-        let cell = format!("{v:.digits$}{}", if t == "direct" { String::new() } else { fmt_ratio(v, direct.get(&row).copied(), hib) });
+        let cell = format!(
+            "{v:.digits$}{}",
+            if t == "direct" {
+                String::new()
+            } else {
+                fmt_ratio(v, direct.get(&row).copied(), hib)
+            }
+        );
         table.insert((row, t.to_string()), cell);
     };
 
     if run("bulk") {
         for t in &targets {
             eprintln!("bulk: {}", t.name);
-            let mbs = bulk(&runner, t, args.bulk_mb * 1024 * 1024).await?;
+            let (mbs, cpu) = bulk(&runner, t, args.bulk_mb * 1024 * 1024).await?;
             eprintln!("  {mbs:.0} MB/s");
             put(&mut table, 0, t.name, mbs, 0, true, &mut direct);
+            if let Some(cpu) = cpu {
+                eprintln!("  proxy CPU {cpu:.0} ms/GB");
+                put(&mut table, 11, t.name, cpu, 0, false, &mut direct);
+            }
         }
     }
     if run("setup") {
         for t in &targets {
             eprintln!("setup: {}", t.name);
             let s = setup(&runner, t, args.seq, args.per_client).await?;
-            eprintln!("  seq p50 {:.0} p99 {:.0}; 32x p50 {:.0} p99 {:.0}; {:.0}/s", s.seq_p50, s.seq_p99, s.par_p50, s.par_p99, s.per_sec);
+            eprintln!(
+                "  seq p50 {:.0} p99 {:.0}; 32x p50 {:.0} p99 {:.0}; {:.0}/s",
+                s.seq_p50, s.seq_p99, s.par_p50, s.par_p99, s.per_sec
+            );
             put(&mut table, 1, t.name, s.seq_p50, 0, false, &mut direct);
             put(&mut table, 2, t.name, s.seq_p99, 0, false, &mut direct);
             put(&mut table, 3, t.name, s.par_p50, 0, false, &mut direct);
@@ -899,7 +1018,10 @@ async fn main() -> Result<()> {
         }
     }
     if run("idle") {
-        for t in targets.iter().filter(|t| t.pid.is_some() && t.name != "socat" && t.name != "ours-tls") {
+        for t in targets
+            .iter()
+            .filter(|t| t.pid.is_some() && t.name != "socat" && t.name != "ours-tls")
+        {
             eprintln!("idle: {} x{}", t.name, args.idle);
             let per = idle(&runner, t, args.idle).await?;
             eprintln!("  {per:.0} bytes/tunnel");
@@ -907,12 +1029,27 @@ async fn main() -> Result<()> {
         }
     }
     if run("stall") {
-        for t in targets.iter().filter(|t| t.pid.is_some() && t.name != "socat" && t.name != "ours-tls") {
+        for t in targets
+            .iter()
+            .filter(|t| t.pid.is_some() && t.name != "socat" && t.name != "ours-tls")
+        {
             eprintln!("stall: {} x{}", t.name, args.stall);
             let (per, sent) = stall(&runner, t, args.stall, 64 * 1024 * 1024).await?;
-            eprintln!("  {:.0} KiB/tunnel, {:.1} MiB sent", per / 1024.0, sent / 1048576.0);
+            eprintln!(
+                "  {:.0} KiB/tunnel, {:.1} MiB sent",
+                per / 1024.0,
+                sent / 1048576.0
+            );
             put(&mut table, 7, t.name, per / 1024.0, 0, false, &mut direct);
-            put(&mut table, 8, t.name, sent / 1048576.0, 1, false, &mut direct);
+            put(
+                &mut table,
+                8,
+                t.name,
+                sent / 1048576.0,
+                1,
+                false,
+                &mut direct,
+            );
         }
     }
     if run("ssh") {
@@ -945,12 +1082,20 @@ async fn main() -> Result<()> {
     println!("| workload | {} |", names.join(" | "));
     println!("|---|{}", "---|".repeat(names.len()));
     for (i, row) in rows.iter().enumerate() {
-        if !names.iter().any(|n| table.contains_key(&(i, n.to_string()))) {
+        if !names
+            .iter()
+            .any(|n| table.contains_key(&(i, n.to_string())))
+        {
             continue;
         }
         let cells: Vec<String> = names
             .iter()
-            .map(|n| table.get(&(i, n.to_string())).cloned().unwrap_or_else(|| "n/a".into()))
+            .map(|n| {
+                table
+                    .get(&(i, n.to_string()))
+                    .cloned()
+                    .unwrap_or_else(|| "n/a".into())
+            })
             .collect();
         println!("| {row} | {} |", cells.join(" | "));
     }
