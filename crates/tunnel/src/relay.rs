@@ -123,16 +123,36 @@ impl Copy {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(buffer) = &self.buffer {
+            if let Some(buffer) = &mut self.buffer {
                 while self.pos < self.end {
-                    let n =
-                        ready!(Pin::new(&mut *dst).poll_write(cx, &buffer[self.pos..self.end]))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    match Pin::new(&mut *dst).poll_write(cx, &buffer[self.pos..self.end]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            self.pos += n;
+                            self.count += n as u64;
+                            self.unflushed = true;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            // While the destination is busy, fill the buffer's free space
+                            // so the next write is larger (fewer, bigger writes to a slow
+                            // writer such as a pipe behind tokio's blocking pool).
+                            if !self.eof && self.end < buffer.len() {
+                                let mut read = ReadBuf::new(&mut buffer[self.end..]);
+                                match Pin::new(&mut *src).poll_read(cx, &mut read) {
+                                    Poll::Ready(Ok(())) => match read.filled().len() {
+                                        0 => self.eof = true,
+                                        n => self.end += n,
+                                    },
+                                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                                    Poll::Pending => {}
+                                }
+                            }
+                            return Poll::Pending;
+                        }
                     }
-                    self.pos += n;
-                    self.count += n as u64;
-                    self.unflushed = true;
                 }
             }
             if self.eof {
