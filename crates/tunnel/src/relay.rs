@@ -71,20 +71,15 @@ where
 {
     let mut up = Copy::default();
     let mut down = Copy::default();
+    let mut turn = Turn::default();
     let result = std::future::poll_fn(|cx| {
-        let up_done = match up.poll(cx, &mut *a, &mut *b) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            other => other.is_ready(),
-        };
-        let down_done = match down.poll(cx, &mut *b, &mut *a) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            other => other.is_ready(),
-        };
-        if up_done && down_done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
+        turn.poll_both(cx, |cx, upward| {
+            if upward {
+                up.poll(cx, &mut *a, &mut *b)
+            } else {
+                down.poll(cx, &mut *b, &mut *a)
+            }
+        })
     })
     .await;
     let stats = RelayStats {
@@ -94,6 +89,40 @@ where
     up.release();
     down.release();
     RelayOutcome { stats, result }
+}
+
+/// Which direction of a relay is polled first; it alternates on every poll.
+///
+/// A direction with bytes ready keeps moving them until tokio's cooperative budget for
+/// the task runs out, and every I/O call after that returns `Pending`: polled always
+/// second, the other direction would then move nothing while the first one streams.
+#[derive(Default)]
+struct Turn {
+    down_first: bool,
+}
+
+impl Turn {
+    /// Polls both directions (`upward` says which), first error wins; ready when both are.
+    fn poll_both(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut poll: impl FnMut(&mut Context<'_>, bool) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        self.down_first = !self.down_first;
+        let mut done = 0;
+        for upward in [!self.down_first, self.down_first] {
+            match poll(cx, upward) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => done += 1,
+                Poll::Pending => {}
+            }
+        }
+        if done == 2 {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// One direction of [`relay`]: read into a pooled buffer, write it all, repeat; flush
@@ -372,20 +401,15 @@ pub async fn relay_tcp(
 ) -> RelayOutcome {
     let mut up = splice::Direction::new(a_pending);
     let mut down = splice::Direction::new(&[]);
+    let mut turn = Turn::default();
     let result = std::future::poll_fn(|cx| {
-        let up_done = match up.poll(cx, a, b) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            other => other.is_ready(),
-        };
-        let down_done = match down.poll(cx, b, a) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            other => other.is_ready(),
-        };
-        if up_done && down_done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
+        turn.poll_both(cx, |cx, upward| {
+            if upward {
+                up.poll(cx, a, b)
+            } else {
+                down.poll(cx, b, a)
+            }
+        })
     })
     .await;
     RelayOutcome {
