@@ -352,32 +352,38 @@ mod tests {
             port: 2222,
             node: "n1".into(),
         };
+        let fast_path = || {
+            directory
+                .try_lookup_now(id)
+                .expect("ran on the fast path")
+                .expect("found")
+        };
         // No connection yet: opening one is the blocking pool's job.
         assert!(directory.try_lookup_now(id).is_none());
         assert_eq!(directory.lookup(id).expect("lookup"), route);
-        assert_eq!(
-            directory
-                .try_lookup_now(id)
-                .expect("pooled")
-                .expect("found"),
-            route
-        );
-        // HakuRiver writing: the fast path steps aside at once instead of waiting out
-        // the busy timeout on an async worker.
+        assert_eq!(fast_path(), route);
+        // HakuRiver writing: the fast path steps aside instead of waiting out the busy
+        // timeout on an async worker. The pooled connection's timeout is made an hour,
+        // so a fast path that waited would miss the (much shorter) wait below.
         let writer = Connection::open(&path).expect("writer");
         writer.execute_batch("BEGIN EXCLUSIVE").expect("lock");
-        let started = std::time::Instant::now();
-        assert!(directory.try_lookup_now(id).is_none());
-        assert!(started.elapsed() < BUSY_TIMEOUT / 2, "waited for the lock");
+        directory.inner.idle.lock().expect("pool")[0]
+            .conn
+            .busy_timeout(Duration::from_secs(3600))
+            .expect("busy timeout");
+        let (done, result) = std::sync::mpsc::channel();
+        let looking = directory.clone();
+        std::thread::spawn(move || done.send(looking.try_lookup_now(id).is_none()));
+        let stepped_aside = result
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the fast path waited for HakuRiver's lock");
+        assert!(
+            stepped_aside,
+            "the fast path answered while the database was locked"
+        );
         writer.execute_batch("COMMIT").expect("unlock");
         // The connection went back to the pool with its busy timeout restored.
-        assert_eq!(
-            directory
-                .try_lookup_now(id)
-                .expect("pooled")
-                .expect("found"),
-            route
-        );
+        assert_eq!(fast_path(), route);
         let idle = directory.inner.idle.lock().expect("pool");
         let busy_ms: i64 = idle[0]
             .conn

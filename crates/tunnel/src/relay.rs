@@ -699,7 +699,10 @@ mod tests {
         ));
         assert!(copy.buffer.is_none());
         let mut rest = Vec::new();
-        dst_peer.read_to_end(&mut rest).await.expect("EOF passed on");
+        dst_peer
+            .read_to_end(&mut rest)
+            .await
+            .expect("EOF passed on");
         assert!(rest.is_empty());
     }
 
