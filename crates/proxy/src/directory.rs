@@ -160,11 +160,7 @@ impl TaskDirectory {
     /// would have to open a connection or wait for a lock.
     fn try_lookup_now(&self, id: TaskId) -> Option<Result<Route, Refusal>> {
         let identity = file_identity(&self.inner.path).ok()?;
-        let pooled = {
-            let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.retain(|p| p.identity == identity);
-            idle.pop()?
-        };
+        let pooled = self.take_idle(identity)?;
         let result = pooled
             .conn
             .busy_timeout(Duration::ZERO)
@@ -181,6 +177,15 @@ impl TaskDirectory {
         };
         self.give_back(pooled);
         Some(evaluate(id, row))
+    }
+
+    /// A pooled connection to the file with `identity`, if one is idle.
+    fn take_idle(&self, identity: (u64, u64)) -> Option<Pooled> {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // A replaced file (HakuRiver restarted and recreated it) invalidates every
+        // connection to the old inode.
+        idle.retain(|p| p.identity == identity);
+        idle.pop()
     }
 
     fn give_back(&self, pooled: Pooled) {
@@ -202,14 +207,7 @@ impl TaskDirectory {
     ) -> Result<T, DbError> {
         let path = &self.inner.path;
         let identity = file_identity(path)?;
-        let pooled = {
-            let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-            // A replaced file (HakuRiver restarted and recreated it) invalidates every
-            // connection to the old inode.
-            idle.retain(|p| p.identity == identity);
-            idle.pop()
-        };
-        let pooled = match pooled {
+        let pooled = match self.take_idle(identity) {
             Some(p) => p,
             None => Pooled {
                 conn: open(path).map_err(|source| DbError::Sqlite {
