@@ -527,12 +527,6 @@ async fn relay_until_idle<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Err(e) = runner.write_all(pending).await {
-        return RelayOutcome {
-            stats: RelayStats::default(),
-            result: Err(e),
-        };
-    }
     let started = Instant::now();
     let last = AtomicU64::new(0);
     let mut watched = Watched {
@@ -543,7 +537,7 @@ where
         down: 0,
     };
     let finished = {
-        let relayed = relay::relay(&mut watched, runner);
+        let relayed = relay::relay_with_pending(&mut watched, pending, runner);
         tokio::pin!(relayed);
         let mut deadline = started + idle;
         loop {
@@ -559,8 +553,7 @@ where
             }
         }
     };
-    if let Some(mut outcome) = finished {
-        outcome.stats.a_to_b += pending.len() as u64;
+    if let Some(outcome) = finished {
         return outcome;
     }
     RelayOutcome {

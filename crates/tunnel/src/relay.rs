@@ -364,8 +364,9 @@ where
     Box::pin(relay_with_pending(client, pending, runner))
 }
 
-/// [`relay`], after writing `pending` to `b`.
-async fn relay_with_pending<A>(
+/// [`relay`], after writing `pending` (bytes already read from `a`) to `b`; they count
+/// in `a_to_b`.
+pub async fn relay_with_pending<A>(
     a: &mut A,
     pending: &[u8],
     b: &mut tokio::net::TcpStream,
