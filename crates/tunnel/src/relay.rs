@@ -255,11 +255,6 @@ impl<S> ReadAhead<S> {
             end: 0,
         }
     }
-
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S> Drop for ReadAhead<S> {
@@ -622,6 +617,22 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
+    /// The client of a relay test: sends `bytes` and half-closes while reading what
+    /// comes back until EOF.
+    async fn send_all_then_read_all<S>(stream: S, bytes: Vec<u8>) -> io::Result<Vec<u8>>
+    where
+        S: AsyncRead + AsyncWrite,
+    {
+        let (mut r, mut w) = tokio::io::split(stream);
+        let writer = async {
+            w.write_all(&bytes).await?;
+            w.shutdown().await
+        };
+        let mut got = Vec::new();
+        let (wr, rd) = tokio::join!(writer, r.read_to_end(&mut got));
+        wr.and(rd).map(|_| got)
+    }
+
     #[tokio::test]
     async fn moves_bytes_both_ways_and_passes_half_close() {
         let (client, mut proxy_a) = tokio::io::duplex(1024);
@@ -630,17 +641,7 @@ mod tests {
 
         let up: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..150_000u32).map(|i| (i % 241) as u8).collect();
-        let (up2, down2) = (up.clone(), down.clone());
-        let client_side = tokio::spawn(async move {
-            let (mut r, mut w) = tokio::io::split(client);
-            let writer = async {
-                w.write_all(&up2).await?;
-                w.shutdown().await
-            };
-            let mut got = Vec::new();
-            let (wr, rd) = tokio::join!(writer, r.read_to_end(&mut got));
-            wr.and(rd).map(|_| got)
-        });
+        let client_side = tokio::spawn(send_all_then_read_all(client, up.clone()));
         // The runner reads until the client's half-close arrives, then answers.
         let mut got_up = Vec::new();
         tokio::time::timeout(WAIT, runner.read_to_end(&mut got_up))
@@ -648,7 +649,7 @@ mod tests {
             .expect("runner saw EOF")
             .expect("read");
         assert_eq!(got_up, up);
-        runner.write_all(&down2).await.expect("write");
+        runner.write_all(&down).await.expect("write");
         runner.shutdown().await.expect("shutdown");
         let got_down = tokio::time::timeout(WAIT, client_side)
             .await
@@ -771,17 +772,7 @@ mod tests {
 
         let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
-        let (up2, down2) = (up.clone(), down.clone());
-        let client_side = tokio::spawn(async move {
-            let (mut r, mut w) = client.split();
-            let writer = async {
-                w.write_all(&up2).await?;
-                w.shutdown().await
-            };
-            let mut got = Vec::new();
-            let (wr, rd) = tokio::join!(writer, r.read_to_end(&mut got));
-            wr.and(rd).map(|_| got)
-        });
+        let client_side = tokio::spawn(send_all_then_read_all(client, up.clone()));
         // The runner sees the pipelined bytes, then the stream, then the client's FIN,
         // while its own direction is still open.
         let mut got_up = Vec::new();
@@ -791,7 +782,7 @@ mod tests {
             .expect("read");
         assert_eq!(&got_up[..9], b"pipelined");
         assert!(got_up[9..] == up[..], "upstream bytes differ");
-        runner.write_all(&down2).await.expect("write");
+        runner.write_all(&down).await.expect("write");
         runner.shutdown().await.expect("shutdown");
         let got_down = tokio::time::timeout(WAIT, client_side)
             .await
