@@ -353,6 +353,19 @@ fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
 
+/// Waits until the proxy has logged more `tunnel closed` lines than `before`.
+fn wait_for_tunnel_closed(w: &World, before: usize) {
+    wait_until(CLOSE_TIMEOUT, "`tunnel closed` in the proxy log", || {
+        let logs = w.proxy.logs();
+        Ok(if count(&logs, "tunnel closed") > before {
+            Ok(())
+        } else {
+            Err(tail(&logs, 5))
+        })
+    })
+    .unwrap();
+}
+
 /// Child pids of `pid` (all threads), from `/proc/<pid>/task/*/children`.
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -441,15 +454,7 @@ fn killed_client_leaves_no_tunnel_behind() {
         ssh.signal(Signal::SIGKILL).unwrap();
         let _ = ssh.wait_timeout(CLOSE_TIMEOUT).unwrap();
         feeder.join().unwrap();
-        wait_until(CLOSE_TIMEOUT, "`tunnel closed` in the proxy log", || {
-            let logs = w.proxy.logs();
-            Ok(if count(&logs, "tunnel closed") > closed_before {
-                Ok(())
-            } else {
-                Err(tail(&logs, 5))
-            })
-        })
-        .unwrap();
+        wait_for_tunnel_closed(&w, closed_before);
         // Nothing established to the proxy's listeners nor to sshd any more.
         wait_until(CLOSE_TIMEOUT, "no established connection left", || {
             let open = (
@@ -511,15 +516,7 @@ fn killed_sshd_ends_the_client_without_a_hang() {
         });
         assert!(!status.success(), "{hop:?}: ssh {status}");
         feeder.join().unwrap();
-        wait_until(CLOSE_TIMEOUT, "`tunnel closed` in the proxy log", || {
-            let logs = w.proxy.logs();
-            Ok(if count(&logs, "tunnel closed") > closed_before {
-                Ok(())
-            } else {
-                Err(tail(&logs, 5))
-            })
-        })
-        .unwrap();
+        wait_for_tunnel_closed(&w, closed_before);
     }
     let out = w.run_ok(
         w.tool("ssh", Hop::Tls).arg("vps-task").arg("echo alive"),
