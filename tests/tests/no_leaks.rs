@@ -128,7 +128,12 @@ const KINDS: [&str; 10] = [
     "client reset right after SUCCESS",
 ];
 
-async fn read_success(stream: &mut TcpStream) -> Result<(), String> {
+/// Sends the request line and reads `SUCCESS`.
+async fn request_tunnel(stream: &mut TcpStream, request: &str) -> Result<(), String> {
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut line = [0u8; 8];
     stream
         .read_exact(&mut line)
@@ -168,10 +173,7 @@ async fn one_tunnel(proxy: SocketAddr, kind: usize, seed: u64) -> Result<(), Str
             reset(&s);
         }
         3 => {
-            s.write_all(request.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            read_success(&mut s).await?;
+            request_tunnel(&mut s, &request).await?;
             s.write_all(b"E").await.map_err(|e| e.to_string())?;
             s.write_all(&payload).await.map_err(|e| e.to_string())?;
             let mut some = vec![0u8; payload.len() / 2];
@@ -179,10 +181,7 @@ async fn one_tunnel(proxy: SocketAddr, kind: usize, seed: u64) -> Result<(), Str
             reset(&s);
         }
         4 => {
-            s.write_all(request.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            read_success(&mut s).await?;
+            request_tunnel(&mut s, &request).await?;
             // More than the runner reads before it resets, or it would wait for more.
             let mut data = b"R".to_vec();
             while data.len() <= RUNNER_RESET_AFTER {
@@ -193,10 +192,7 @@ async fn one_tunnel(proxy: SocketAddr, kind: usize, seed: u64) -> Result<(), Str
             read_to_end_or_reset(&mut s).await?;
         }
         5 => {
-            s.write_all(request.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            read_success(&mut s).await?;
+            request_tunnel(&mut s, &request).await?;
             s.write_all(b"E").await.map_err(|e| e.to_string())?;
             let (mut rd, mut wr) = s.split();
             let send = async {
@@ -225,10 +221,7 @@ async fn one_tunnel(proxy: SocketAddr, kind: usize, seed: u64) -> Result<(), Str
             }
         }
         8 => {
-            s.write_all(request.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            read_success(&mut s).await?;
+            request_tunnel(&mut s, &request).await?;
             s.write_all(b"S").await.map_err(|e| e.to_string())?;
             s.write_all(&payload).await.map_err(|e| e.to_string())?;
             s.shutdown().await.map_err(|e| e.to_string())?;
@@ -239,10 +232,7 @@ async fn one_tunnel(proxy: SocketAddr, kind: usize, seed: u64) -> Result<(), Str
             }
         }
         _ => {
-            s.write_all(request.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            read_success(&mut s).await?;
+            request_tunnel(&mut s, &request).await?;
             reset(&s);
         }
     }
