@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hakuriver_ssh_tests::process::{LogBuffer, Process};
-use hakuriver_ssh_tests::proxy::{parse_listeners, Transport};
+use hakuriver_ssh_tests::proxy::Proxy;
 use hakuriver_ssh_tests::{HakuDb, PyHostProxy, Sshd};
 use hakuriver_tunnel::relay::ReadAhead;
 use hakuriver_tunnel::tls::{client_config, ClientTrust, Fingerprint};
@@ -672,71 +672,34 @@ async fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
 }
 
 struct Ours {
-    process: Process,
-    plain: SocketAddr,
-    tls: SocketAddr,
+    proxy: Proxy,
     fingerprint: Fingerprint,
-    _logs: LogBuffer,
 }
 
-fn start_ours(bin: &Path, db: &Path, dir: &Path) -> Result<Ours> {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[network]\nhost_bind_ip = \"127.0.0.1\"\nhost_ssh_proxy_port = 0\n\
-             [database]\ndb_file = \"{}\"\n\
-             [ssh_proxy]\nmax_connections = 100000\nmax_connections_per_ip = 100000\nlookups_per_minute_per_ip = 0\n",
-            db.display()
-        ),
-    )?;
-    let state = dir.join("state");
-    std::fs::create_dir_all(&state)?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--tls-listen", "127.0.0.1:0", "--log-format", "text"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let process = Process::spawn("hakuriver-ssh-proxy", &mut cmd)?;
-    let logs = LogBuffer::drain(
-        process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?,
-        None,
-    );
-    let listeners = logs.wait_for(Duration::from_secs(30), "listening lines", |text| {
-        let l = parse_listeners(text);
-        (l.len() >= 2).then_some(l)
-    })?;
-    let find = |tr| {
-        listeners
-            .iter()
-            .find(|(_, t)| *t == tr)
-            .map(|(a, _)| *a)
-            .ok_or_else(|| anyhow!("no {tr:?} listener"))
-    };
+/// Our proxy with a plain and a TLS listener and limits out of the way.
+fn start_ours(bin: &Path, db: &Path) -> Result<Ours> {
+    let proxy = Proxy::builder(db)
+        .program(bin)
+        .quiet()
+        .config(
+            "[ssh_proxy]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n\
+             lookups_per_minute_per_ip = 0",
+        )
+        .args(["--tls-listen", "127.0.0.1:0"])
+        .listeners(2)
+        .start()?;
     let out = Command::new(bin)
         .arg("fingerprint")
         .arg("-c")
-        .arg(&config)
+        .arg(proxy.config_path())
         .arg("--state-dir")
-        .arg(&state)
+        .arg(proxy.state_dir())
         .output()?;
     let fingerprint: Fingerprint = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
         .map_err(|e| anyhow!("fingerprint: {e:?}"))?;
-    Ok(Ours {
-        plain: find(Transport::Plain)?,
-        tls: find(Transport::Tls)?,
-        process,
-        fingerprint,
-        _logs: logs,
-    })
+    Ok(Ours { proxy, fingerprint })
 }
 
 fn start_socat(runner: SocketAddr) -> Result<(Process, SocketAddr)> {
@@ -881,7 +844,7 @@ async fn main() -> Result<()> {
         });
     }
     let ours = if want("ours") || want("ours-tls") {
-        Some(start_ours(&args.proxy_bin, db.path(), dir.path())?)
+        Some(start_ours(&args.proxy_bin, db.path())?)
     } else {
         None
     };
@@ -889,10 +852,10 @@ async fn main() -> Result<()> {
         if want("ours") {
             targets.push(Target {
                 name: "ours",
-                addr: o.plain,
+                addr: o.proxy.addr(),
                 protocol: true,
                 tls: None,
-                pid: Some(o.process.pid()),
+                pid: Some(o.proxy.pid()),
             });
         }
         if want("ours-tls") {
@@ -903,10 +866,10 @@ async fn main() -> Result<()> {
             .map_err(|e| anyhow!("client config: {e}"))?;
             targets.push(Target {
                 name: "ours-tls",
-                addr: o.tls,
+                addr: o.proxy.tls_addr(),
                 protocol: true,
                 tls: Some(TlsConnector::from(cfg)),
-                pid: Some(o.process.pid()),
+                pid: Some(o.proxy.pid()),
             });
         }
     }
@@ -1059,7 +1022,7 @@ async fn main() -> Result<()> {
         let bytes = args.ssh_mb * 1_000_000;
         let mut paths: Vec<(&str, Option<SocketAddr>)> = vec![("direct", None)];
         if let Some(o) = &ours {
-            paths.push(("ours", Some(o.plain)));
+            paths.push(("ours", Some(o.proxy.addr())));
         }
         if let Some(p) = &py {
             paths.push(("python", Some(p.addr())));

@@ -84,7 +84,10 @@ additional_mounts = []
 /// A `hakuriver-ssh-proxy` command with the daemon-changing environment removed
 /// (add the subcommand and flags).
 pub fn proxy_command() -> Command {
-    let mut cmd = Command::new(bin_path("hakuriver-ssh-proxy"));
+    scrubbed(Command::new(bin_path("hakuriver-ssh-proxy")))
+}
+
+fn scrubbed(mut cmd: Command) -> Command {
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
@@ -114,6 +117,8 @@ pub enum Transport {
 
 /// How to start the daemon: [`Proxy::builder`], then [`ProxyBuilder::start`].
 pub struct ProxyBuilder {
+    program: Option<PathBuf>,
+    echo_logs: bool,
     db: PathBuf,
     args: Vec<OsString>,
     extra_config: String,
@@ -158,6 +163,19 @@ impl ProxyBuilder {
         self
     }
 
+    /// Runs this binary instead of the `hakuriver-ssh-proxy` built beside the tests.
+    pub fn program(mut self, path: &Path) -> Self {
+        self.program = Some(path.to_path_buf());
+        self
+    }
+
+    /// Keeps the daemon's log in its buffer only, without copying it to stderr (for
+    /// runs that open thousands of tunnels).
+    pub fn quiet(mut self) -> Self {
+        self.echo_logs = false;
+        self
+    }
+
     /// Leaves out the default `--bind 127.0.0.1 --port 0 --db ...` flags (the config file
     /// and `-c`, `--state-dir`, `--log-format text` stay).
     pub fn without_default_listener(mut self) -> Self {
@@ -177,7 +195,10 @@ impl ProxyBuilder {
             &config_path,
             format!("{}\n{}", hakuriver_host_config(&self.db), self.extra_config),
         )?;
-        let mut cmd = proxy_command();
+        let mut cmd = match &self.program {
+            Some(path) => scrubbed(Command::new(path)),
+            None => proxy_command(),
+        };
         cmd.arg("serve")
             .arg("-c")
             .arg(&config_path)
@@ -202,7 +223,7 @@ impl ProxyBuilder {
         );
         let logs = LogBuffer::drain(
             process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?,
-            Some("[proxy] ".to_string()),
+            self.echo_logs.then(|| "[proxy] ".to_string()),
         );
         let expected = self.listeners;
         let listeners = logs.wait_for(
@@ -284,6 +305,8 @@ impl Proxy {
     /// and `--bind 127.0.0.1 --port 0 --db <db>`.
     pub fn builder(db: &Path) -> ProxyBuilder {
         ProxyBuilder {
+            program: None,
+            echo_logs: true,
             db: db.to_path_buf(),
             args: Vec::new(),
             extra_config: String::new(),
