@@ -6,9 +6,20 @@
 //!              |  ERROR <message>\n    (then the host closes)
 //! ```
 //!
-//! Everything here is pure (no sockets) except [`read_line`], which both sides use to
+//! This module is pure (no sockets) except [`read_line`], which both sides use to
 //! read exactly one capped line from a buffered stream without consuming the bytes that
 //! follow it: those belong to the relay.
+//!
+//! - [`extended`]: hakuriver-ssh's own request line (`HAKURIVER_SSH/1 ...`): an API
+//!   token, task names, the list of the user's VPS tasks.
+//! - [`handshake`]: the handshake over a stream for both sides ([`Handshake`] for the
+//!   proxy, [`request_tunnel`] for the client).
+
+pub mod extended;
+pub mod handshake;
+
+pub use extended::{AnyRequest, Command, ExtendedRequest, ListReply, TaskListing, TaskRef, Token};
+pub use handshake::{request_tunnel, Handshake, ReplyError};
 
 use std::fmt;
 use std::io;
