@@ -77,7 +77,8 @@ pub struct Cli {
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// The VPS task ID (digits, as `hakuriver.vps status` lists them)
+    /// The VPS task ID (digits, as `hakuriver.vps status` lists them), or on a
+    /// KohakuRiver 1.0 Host the task's name
     #[arg(value_name = "TASK_ID")]
     pub task_id: Option<String>,
 
@@ -109,6 +110,11 @@ pub struct ConnectionArgs {
     /// Port of the Host SSH proxy [default: [network] host_ssh_proxy_port, else 8002]
     #[arg(long, value_name = "PORT", global = true)]
     pub proxy_port: Option<u16>,
+
+    /// KohakuRiver API token file (the token alone, or KohakuRiver's auth.json)
+    /// [default: $KOHAKURIVER_TOKEN, else ~/.kohakuriver/auth.json]; sent only over TLS
+    #[arg(long, value_name = "PATH", global = true)]
+    pub token_file: Option<PathBuf>,
 
     /// TLS options.
     #[command(flatten)]
@@ -158,6 +164,13 @@ pub enum Command {
         #[arg(value_name = "FINGERPRINT")]
         expected: Option<String>,
     },
+    /// List the VPS tasks you may reach (KohakuRiver Hosts with auth, or with
+    /// listing allowed): ID, name, status, node
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) on stdout
     Completions {
         /// The shell.
@@ -191,6 +204,7 @@ impl Cli {
             ca_file: tls.ca_file.clone(),
             fingerprints: tls.fingerprint.clone(),
             server_name: tls.server_name.clone(),
+            token_file: self.conn.token_file.clone(),
         }
     }
 }

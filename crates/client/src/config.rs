@@ -24,6 +24,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Limit for the proxy's reply; it answers only after its own runner connect (15 s in
 /// HakuRiver), so this must be longer than that.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// KohakuRiver's client variable for the Host address, used when no HakuRiver config
+/// names one.
+pub const KOHAKURIVER_HOST_ENV: &str = "KOHAKURIVER_HOST";
+/// KohakuRiver's client variable for the SSH proxy port, used when no HakuRiver config
+/// names one.
+pub const KOHAKURIVER_PORT_ENV: &str = "KOHAKURIVER_SSH_PROXY_PORT";
 /// Where `trust` and `--trust-on-first-use` store fingerprints, relative to `$HOME`.
 pub const KNOWN_PROXIES_FILE: &str = ".hakuriver/known_proxies";
 
@@ -90,6 +96,8 @@ pub struct Overrides {
     pub fingerprints: Vec<String>,
     /// `--server-name`.
     pub server_name: Option<String>,
+    /// `--token-file`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// TLS settings after merging file and flags.
@@ -208,10 +216,12 @@ fn merge(
     overrides: &Overrides,
     source: &ConfigSource,
 ) -> Result<Settings, ClientError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let host = overrides
         .host
         .clone()
         .or(file.network.host_reachable_address)
+        .or_else(|| env(KOHAKURIVER_HOST_ENV))
         .map(|h| strip_brackets(h.trim()).to_owned())
         .filter(|h| !h.is_empty())
         .ok_or_else(|| ClientError::NoHost(source.display()))?;
@@ -223,10 +233,16 @@ fn merge(
     }
     Ok(Settings {
         host,
-        port: overrides
-            .proxy_port
-            .or(file.network.host_ssh_proxy_port)
-            .unwrap_or(DEFAULT_PROXY_PORT),
+        port: match overrides.proxy_port.or(file.network.host_ssh_proxy_port) {
+            Some(port) => port,
+            None => match env(KOHAKURIVER_PORT_ENV) {
+                Some(text) => text.trim().parse().map_err(|_| ClientError::Config {
+                    path: PathBuf::from(format!("${KOHAKURIVER_PORT_ENV}")),
+                    reason: format!("{text:?} is not a port number"),
+                })?,
+                None => DEFAULT_PROXY_PORT,
+            },
+        },
         user: overrides
             .user
             .clone()

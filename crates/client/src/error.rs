@@ -13,9 +13,20 @@ pub const EXIT_CONNECT_FAILED: u8 = 255;
 /// program-name prefix, which [`ClientError::user_line`] adds where it belongs).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The task ID given on the command line is not a HakuRiver task ID.
-    #[error("Invalid task ID format: {0:?} (a task ID is digits only, e.g. 7323718749301768192).")]
+    /// The task given on the command line is neither a task ID nor a usable name.
+    #[error("Invalid task ID format: {0:?} (a task ID is digits only, e.g. 7323718749301768192; names need a KohakuRiver API token).")]
     InvalidTaskId(String),
+    /// The API token could not be read (the message names the source, never the token).
+    #[error("{0}")]
+    Token(String),
+    /// The proxy speaks only HakuRiver's protocol, without this feature.
+    #[error("the proxy at {addr} does not support {what} (it speaks only HakuRiver's protocol); use the task ID")]
+    Unsupported {
+        /// `host:port` as configured.
+        addr: String,
+        /// The feature asked for.
+        what: &'static str,
+    },
     /// The config file could not be read or parsed.
     #[error("config file {path}: {reason}")]
     Config {
@@ -25,7 +36,7 @@ pub enum ClientError {
         reason: String,
     },
     /// Neither the config file nor `--host` names the Host.
-    #[error("no Host address: set [network] host_reachable_address in {0} or pass --host HOST")]
+    #[error("no Host address: set [network] host_reachable_address in {0}, pass --host HOST, or set $KOHAKURIVER_HOST")]
     NoHost(String),
     /// Name resolution, TCP connect or its timeout failed.
     #[error("cannot reach the HakuRiver proxy at {addr}: {reason}")]

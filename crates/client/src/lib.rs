@@ -10,6 +10,9 @@
 //! - [`transport`]: what runs over the TCP socket: plain, or TLS verified before the
 //!   request is sent.
 //! - [`trust`]: the `~/.hakuriver/known_proxies` store and the `trust` command.
+//! - [`token`]: the KohakuRiver API token (`--token-file`, `$KOHAKURIVER_TOKEN`,
+//!   `~/.kohakuriver/auth.json`), sent only inside verified TLS.
+//! - [`display`]: text from the network made safe to print (escapes shown, long cut).
 //! - [`session`]: the interactive mode: local listener, `ssh`, relays, exit status.
 //! - [`stdio`]: the ProxyCommand mode (`--stdio`).
 //! - [`ssh_config`]: the `~/.ssh/config` block `ssh-config` prints.
@@ -19,10 +22,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod display;
 pub mod error;
 pub mod session;
 pub mod ssh_config;
 pub mod stdio;
+pub mod token;
 pub mod transport;
 pub mod trust;
 pub mod tunnel;
@@ -32,7 +37,7 @@ use std::io::Write;
 use std::path::Path;
 
 use clap::CommandFactory;
-use hakuriver_tunnel::TaskId;
+use hakuriver_tunnel::protocol::{ListReply, TaskRef};
 
 use crate::cli::{Cli, Command};
 use crate::error::ClientError;
@@ -113,6 +118,7 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
             return Ok(write_stdout(&out));
         }
         Some(Command::SshConfig) => return ssh_config(&cli),
+        Some(Command::List { json }) => return list(&cli, *json),
         Some(Command::Trust { expected }) => return trust(&cli, expected.as_deref()),
         None => {}
     }
@@ -131,28 +137,21 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
         raw_id
     };
     // Checked before anything touches the network.
-    let task: TaskId = raw_id
-        .parse()
-        .map_err(|_| ClientError::InvalidTaskId(raw_id.to_owned()))?;
+    let task =
+        TaskRef::parse(raw_id).ok_or_else(|| ClientError::InvalidTaskId(raw_id.to_owned()))?;
+    let token = token::find(cli.conn.token_file.as_deref())?;
+    // Names exist only for KohakuRiver users: without a token, a non-number is a typo
+    // of an ID, caught here as HakuRiver's own client would.
+    if matches!(task, TaskRef::Name(_)) && token.is_none() {
+        return Err(ClientError::InvalidTaskId(raw_id.to_owned()));
+    }
     if cli.stdio && !cli.ssh_args.is_empty() {
         return Err(ClientError::Arguments(format!(
             "--stdio takes only the task ID, not {:?}",
             cli.ssh_args
         )));
     }
-    let settings = config::resolve(&cli.overrides())?;
-    let target = Target {
-        host: settings.host.clone(),
-        port: settings.port,
-    };
-    let transport =
-        Transport::from_settings(&settings.tls, &target, cli.conn.tls.trust_on_first_use)?;
-    let connector = Connector {
-        target,
-        transport,
-        connect_timeout: settings.connect_timeout,
-        response_timeout: settings.response_timeout,
-    };
+    let (settings, connector) = connector(&cli, token)?;
     let runtime = runtime()?;
     let result = if cli.stdio {
         runtime.block_on(stdio::run(connector, task))
@@ -169,6 +168,98 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
     // wait for it (main exits the process right after).
     runtime.shutdown_background();
     result
+}
+
+/// The settings and a connector for them, with the user's token (if any) attached.
+fn connector(
+    cli: &Cli,
+    token: Option<(hakuriver_tunnel::protocol::Token, token::TokenSource)>,
+) -> Result<(config::Settings, Connector), ClientError> {
+    let settings = config::resolve(&cli.overrides())?;
+    let target = Target {
+        host: settings.host.clone(),
+        port: settings.port,
+    };
+    let transport =
+        Transport::from_settings(&settings.tls, &target, cli.conn.tls.trust_on_first_use)?;
+    let token = match token {
+        Some((token, source)) => {
+            match transport {
+                Transport::Tls(_) => tracing::debug!(%source, "API token found"),
+                Transport::Plain => tracing::debug!(
+                    %source,
+                    "API token found; not sent: the connection to the proxy is plain TCP"
+                ),
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let connector = Connector {
+        target,
+        transport,
+        connect_timeout: settings.connect_timeout,
+        response_timeout: settings.response_timeout,
+        token,
+    };
+    Ok((settings, connector))
+}
+
+/// `list [--json]`: the VPS tasks the proxy says we may reach.
+fn list(cli: &Cli, json: bool) -> Result<u8, ClientError> {
+    let (_, connector) = connector(cli, token::find(cli.conn.token_file.as_deref())?)?;
+    let runtime = runtime()?;
+    let listed = runtime.block_on(connector.list());
+    runtime.shutdown_background();
+    let reply = listed?;
+    let text = if json {
+        // serde_json escapes control characters, so this is safe on a terminal too.
+        let mut text = serde_json::to_string_pretty(&reply.tasks)
+            .map_err(|e| ClientError::Usage(format!("cannot print the list: {e}")))?;
+        text.push('\n');
+        text
+    } else {
+        list_table(&reply)
+    };
+    Ok(write_stdout(text.as_bytes()))
+}
+
+/// The list as an aligned table; every cell came from the network, so each is made
+/// safe and cut.
+fn list_table(reply: &ListReply) -> String {
+    let rows: Vec<[String; 4]> = reply
+        .tasks
+        .iter()
+        .map(|t| {
+            [
+                display::safe_cut(&t.task_id, 20),
+                display::safe_cut(t.name.as_deref().unwrap_or("-"), 40),
+                display::safe_cut(&t.status, 16),
+                display::safe_cut(t.node.as_deref().unwrap_or("-"), 32),
+            ]
+        })
+        .collect();
+    let header = ["TASK ID", "NAME", "STATUS", "NODE"].map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(no VPS tasks you may reach)\n");
+    }
+    out
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
@@ -257,6 +348,7 @@ fn ssh_config(cli: &Cli) -> Result<u8, ClientError> {
         fingerprints: overrides.fingerprints.clone(),
         server_name: overrides.server_name.clone(),
         trust_on_first_use: cli.conn.tls.trust_on_first_use,
+        token_file: overrides.token_file.as_deref().map(absolute),
     };
     let text = ssh_config::render(&exe, &user, &flags);
     Ok(write_stdout(text.as_bytes()))

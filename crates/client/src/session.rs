@@ -11,7 +11,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hakuriver_tunnel::{relay, TaskId};
+use hakuriver_tunnel::protocol::TaskRef;
+use hakuriver_tunnel::relay;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -41,7 +42,7 @@ impl SshCommand {
     /// The argument list for a listener on `port`: options first, then the destination,
     /// then the user's arguments (ssh parses options after the destination too, so `-v`
     /// or `-i key` there work, and the first non-option starts the remote command).
-    pub fn args(&self, task: TaskId, port: u16) -> Vec<String> {
+    pub fn args(&self, task: &TaskRef, port: u16) -> Vec<String> {
         let mut args = vec![
             "-p".to_owned(),
             port.to_string(),
@@ -54,14 +55,31 @@ impl SshCommand {
     }
 }
 
-/// The name one VPS goes by in known_hosts and ssh_config: `hakuriver-<id>`.
-pub fn host_alias(task: TaskId) -> String {
-    format!("hakuriver-{task}")
+/// The name one VPS goes by in known_hosts and ssh_config: `hakuriver-<id>` (or
+/// `hakuriver-<name>`, with anything but letters, digits, `.`, `_` and `-` as `_`, since
+/// ssh splits option values on spaces).
+pub fn host_alias(task: &TaskRef) -> String {
+    match task {
+        TaskRef::Id(id) => format!("hakuriver-{id}"),
+        TaskRef::Name(name) => {
+            let clean: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("hakuriver-{clean}")
+        }
+    }
 }
 
 /// Opens the tunnel, runs ssh through it and returns the exit status to report.
-pub async fn run(connector: Connector, task: TaskId, ssh: SshCommand) -> Result<u8, ClientError> {
-    let first = connector.open(task).await?;
+pub async fn run(connector: Connector, task: TaskRef, ssh: SshCommand) -> Result<u8, ClientError> {
+    let first = connector.open(&task).await?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, ssh.local_port))
         .await
         .map_err(|source| ClientError::LocalListen {
@@ -75,7 +93,7 @@ pub async fn run(connector: Connector, task: TaskId, ssh: SshCommand) -> Result<
             source,
         })?
         .port();
-    let args = ssh.args(task, port);
+    let args = ssh.args(&task, port);
     tracing::info!(program = %ssh.program, ?args, "starting ssh");
     let mut child = Command::new(&ssh.program)
         .args(&args)
@@ -101,7 +119,7 @@ pub async fn run(connector: Connector, task: TaskId, ssh: SshCommand) -> Result<
                     tracing::debug!(%peer, "local connection");
                     let tunnel = first.take();
                     let connector = Arc::clone(&connector);
-                    relays.spawn(serve_local(local, tunnel, connector, task));
+                    relays.spawn(serve_local(local, tunnel, connector, task.clone()));
                 }
                 Err(e) => {
                     // Only resource exhaustion gets here; do not spin on it.
@@ -138,12 +156,12 @@ async fn serve_local(
     mut local: TcpStream,
     tunnel: Option<Tunnel>,
     connector: Arc<Connector>,
-    task: TaskId,
+    task: TaskRef,
 ) {
     let _ = local.set_nodelay(true);
     let mut tunnel = match tunnel {
         Some(tunnel) => tunnel,
-        None => match connector.open(task).await {
+        None => match connector.open(&task).await {
             Ok(tunnel) => tunnel,
             Err(e) => {
                 tracing::warn!("{}", e.user_line("hakuriver-ssh"));
@@ -235,9 +253,13 @@ mod tests {
             local_port: 0,
             extra_args: vec!["-i".into(), "k".into(), "uptime".into()],
         };
-        let task = TaskId::try_from(42).expect("id");
+        let task = TaskRef::parse("42").expect("id");
         assert_eq!(
-            ssh.args(task, 5555),
+            host_alias(&TaskRef::parse("my dev/box").expect("name")),
+            "hakuriver-my_dev_box"
+        );
+        assert_eq!(
+            ssh.args(&task, 5555),
             [
                 "-p",
                 "5555",

@@ -25,6 +25,8 @@ pub struct ProxyFlags {
     pub server_name: Option<String>,
     /// `--trust-on-first-use`.
     pub trust_on_first_use: bool,
+    /// `--token-file`, made absolute (the path, never the token).
+    pub token_file: Option<String>,
 }
 
 impl ProxyFlags {
@@ -51,6 +53,9 @@ impl ProxyFlags {
         }
         if let Some(v) = &self.server_name {
             push("--server-name", v);
+        }
+        if let Some(v) = &self.token_file {
+            push("--token-file", v);
         }
         if self.trust_on_first_use {
             args.push("--trust-on-first-use".to_owned());

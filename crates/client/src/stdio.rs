@@ -1,7 +1,8 @@
 //! ProxyCommand mode: the tunnel on stdin/stdout, for ssh, scp, rsync, sftp and
 //! anything else that runs `ProxyCommand hakuriver-ssh --stdio %n`.
 
-use hakuriver_tunnel::{relay, TaskId};
+use hakuriver_tunnel::protocol::TaskRef;
+use hakuriver_tunnel::relay;
 
 use crate::error::ClientError;
 use crate::tunnel::Connector;
@@ -9,15 +10,15 @@ use crate::tunnel::Connector;
 /// Prefix of the host names `ssh-config` sets up (`Host hakuriver-*`).
 pub const HOST_PREFIX: &str = "hakuriver-";
 
-/// The task ID from `%n`: `hakuriver-<id>` or a bare `<id>`.
+/// The task from `%n`: `hakuriver-<id>`, `hakuriver-<name>` or a bare `<id>`.
 pub fn task_from_host(name: &str) -> &str {
     name.strip_prefix(HOST_PREFIX).unwrap_or(name)
 }
 
 /// Opens the tunnel and relays it to stdin/stdout until both directions end.
 /// Exit status 0 for a clean end; errors (the proxy's refusal included) are returned.
-pub async fn run(connector: Connector, task: TaskId) -> Result<u8, ClientError> {
-    let mut tunnel = connector.open(task).await?;
+pub async fn run(connector: Connector, task: TaskRef) -> Result<u8, ClientError> {
+    let mut tunnel = connector.open(&task).await?;
     // stdin EOF is passed on as a write shutdown of the tunnel, so the VPS sees the
     // end of input while its output keeps flowing back (scp and rsync rely on it).
     let mut stdio = tokio::io::join(tokio::io::stdin(), ClosingStdout(tokio::io::stdout()));

@@ -1,5 +1,8 @@
 //! Opening one tunnel: TCP connect (with a deadline), the transport's own setup (TLS
-//! slots in here), `REQUEST_TUNNEL <id>\n`, and the reply line.
+//! slots in here), the request line, and the reply line (`protocol::request_tunnel`).
+//!
+//! The request is HakuRiver's `REQUEST_TUNNEL <id>\n` unless there is a reason for the
+//! extended line: a token to send (only ever inside verified TLS), a task name, or LIST.
 //!
 //! The returned stream is the same `BufReader` the reply was read through: bytes the
 //! proxy sent right behind `SUCCESS\n` (the VPS sshd's banner, typically) are still in
@@ -11,12 +14,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hakuriver_tunnel::net::tune_tcp;
-use hakuriver_tunnel::protocol::{parse_response, read_line, Line, Request, MAX_RESPONSE_LINE};
-use hakuriver_tunnel::{Response, TaskId};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use hakuriver_tunnel::protocol::extended::MAX_LIST_REPLY;
+use hakuriver_tunnel::protocol::handshake::read_reply_body;
+use hakuriver_tunnel::protocol::{
+    request_tunnel, Command, ExtendedRequest, ListReply, ReplyError, Request, TaskRef, Token,
+    MAX_RESPONSE_LINE,
+};
+use hakuriver_tunnel::Response;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use crate::display::safe;
 use crate::error::{connect_reason, secs, ClientError};
 use crate::transport::Transport;
 
@@ -26,6 +35,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
 
 /// An open tunnel: reply consumed, anything after it still buffered.
 pub type Tunnel = BufReader<Box<dyn TunnelIo>>;
+
+/// The start of the proxy's refusal when it admits KohakuRiver users only.
+pub const AUTH_REQUIRED: &str = "Authentication required";
+/// HakuRiver's answer to a line it does not know (our extended one included).
+const UNKNOWN_REQUEST: &str = "Invalid request format.";
 
 /// Where the Host proxy listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,11 +71,82 @@ pub struct Connector {
     pub connect_timeout: Duration,
     /// Deadline for the reply line once the request is sent.
     pub response_timeout: Duration,
+    /// The user's KohakuRiver API token; sent only when the transport is TLS.
+    pub token: Option<Token>,
 }
 
 impl Connector {
     /// Connects, requests a tunnel to `task` and returns the stream on `SUCCESS`.
-    pub async fn open(&self, task: TaskId) -> Result<Tunnel, ClientError> {
+    pub async fn open(&self, task: &TaskRef) -> Result<Tunnel, ClientError> {
+        let command = Command::Tunnel(task.clone());
+        let request = self.request_line(&command);
+        let extended = !request.starts_with(b"REQUEST_TUNNEL ");
+        match self.exchange(&request).await {
+            Ok(tunnel) => Ok(tunnel),
+            // A proxy that speaks only HakuRiver's line (an older one, or HakuRiver's
+            // own): ask again the way it understands, without the token.
+            Err(ClientError::Proxy(message)) if extended && message == UNKNOWN_REQUEST => {
+                match task {
+                    TaskRef::Id(id) => {
+                        tracing::debug!(proxy = %self.target, "the proxy does not speak the extended request; asking plainly");
+                        self.exchange(&Request { task_id: *id }.encode()).await
+                    }
+                    TaskRef::Name(_) => Err(ClientError::Unsupported {
+                        addr: self.target.to_string(),
+                        what: "task names",
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The VPS tasks the proxy says this user may reach (`hakuriver-ssh list`).
+    pub async fn list(&self) -> Result<ListReply, ClientError> {
+        let request = self.request_line(&Command::List);
+        let mut stream = match self.exchange(&request).await {
+            Ok(stream) => stream,
+            Err(ClientError::Proxy(message)) if message == UNKNOWN_REQUEST => {
+                return Err(ClientError::Unsupported {
+                    addr: self.target.to_string(),
+                    what: "listing tasks",
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let addr = self.target.to_string();
+        let body = read_reply_body(&mut stream, MAX_LIST_REPLY, self.response_timeout)
+            .await
+            .map_err(|e| self.reply_error(e))?
+            .ok_or_else(|| ClientError::UnexpectedReply {
+                addr: addr.clone(),
+                line: "(the list ended early or is too long)".to_owned(),
+            })?;
+        ListReply::parse(&body).map_err(|e| ClientError::UnexpectedReply {
+            addr,
+            line: format!("(the list is not valid: {e})"),
+        })
+    }
+
+    /// The line for `command`: HakuRiver's when it says everything, else the extended
+    /// one, with the token only when the transport is TLS.
+    fn request_line(&self, command: &Command) -> Vec<u8> {
+        let token = match self.transport {
+            Transport::Tls(_) => self.token.clone(),
+            Transport::Plain => None,
+        };
+        match (command, &token) {
+            (Command::Tunnel(TaskRef::Id(id)), None) => Request { task_id: *id }.encode(),
+            _ => ExtendedRequest {
+                command: command.clone(),
+                token,
+            }
+            .encode(),
+        }
+    }
+
+    /// Connects, sends `request`, reads the reply; the stream on `SUCCESS`.
+    async fn exchange(&self, request: &[u8]) -> Result<Tunnel, ClientError> {
         let addr = self.target.to_string();
         let deadline = Instant::now() + self.connect_timeout;
         let tcp = connect_tcp(&self.target, deadline, self.connect_timeout).await?;
@@ -70,48 +155,50 @@ impl Connector {
             .transport
             .establish(tcp, &self.target, deadline)
             .await?;
-        let mut stream = BufReader::new(stream);
-        let io_err = |source| ClientError::Io {
-            addr: addr.clone(),
-            source,
-        };
-        let request = Request { task_id: task }.encode();
-        stream.get_mut().write_all(&request).await.map_err(io_err)?;
-        stream.get_mut().flush().await.map_err(io_err)?;
-        tracing::debug!(%task, proxy = %addr, "request sent");
-        let reply = timeout_at(
-            Instant::now() + self.response_timeout,
-            read_line(&mut stream, MAX_RESPONSE_LINE),
-        )
-        .await
-        .map_err(|_| ClientError::ResponseTimeout {
-            addr: addr.clone(),
-            after: self.response_timeout,
-        })?
-        .map_err(io_err)?;
-        match reply {
-            Line::Complete(line) => match parse_response(&line) {
-                Ok(Response::Success) => {
-                    tracing::info!(%task, proxy = %addr, "tunnel open");
-                    Ok(stream)
-                }
-                Ok(Response::Error(message)) => Err(ClientError::Proxy(message)),
-                Err(unexpected) => Err(ClientError::UnexpectedReply {
-                    addr,
-                    line: unexpected.0,
-                }),
+        let (response, stream) = request_tunnel(stream, request, self.response_timeout)
+            .await
+            .map_err(|e| self.reply_error(e))?;
+        tracing::debug!(proxy = %addr, "request sent");
+        match response {
+            Response::Success => {
+                tracing::info!(proxy = %addr, "tunnel open");
+                Ok(stream)
+            }
+            Response::Error(message) => Err(self.refusal(&message)),
+        }
+    }
+
+    /// The proxy's refusal as the user sees it: its text made safe to print, and for a
+    /// Host that wants a token while we spoke plain TCP, why none was sent.
+    fn refusal(&self, message: &str) -> ClientError {
+        let mut shown = safe(message);
+        if shown.starts_with(AUTH_REQUIRED) && matches!(self.transport, Transport::Plain) {
+            shown.push_str(if self.token.is_some() {
+                " (you have a token, but hakuriver-ssh sends it only over TLS: add --tls)"
+            } else {
+                " (tokens travel only over TLS: add --tls)"
+            });
+        }
+        ClientError::Proxy(shown)
+    }
+
+    fn reply_error(&self, e: ReplyError) -> ClientError {
+        let addr = self.target.to_string();
+        match e {
+            ReplyError::Timeout => ClientError::ResponseTimeout {
+                addr,
+                after: self.response_timeout,
             },
-            // An error line cut short by the close still says what went wrong.
-            Line::Eof(partial) => match parse_response(&partial) {
-                Ok(Response::Error(message)) if !message.is_empty() => {
-                    Err(ClientError::Proxy(message))
-                }
-                _ => Err(ClientError::NoReply { addr }),
+            ReplyError::Io(source) => ClientError::Io { addr, source },
+            ReplyError::Closed => ClientError::NoReply { addr },
+            ReplyError::Unexpected(line) => ClientError::UnexpectedReply {
+                addr,
+                line: safe(&line),
             },
-            Line::TooLong => Err(ClientError::UnexpectedReply {
+            ReplyError::TooLong => ClientError::UnexpectedReply {
                 addr,
                 line: format!("(no newline in the first {MAX_RESPONSE_LINE} bytes)"),
-            }),
+            },
         }
     }
 }
@@ -177,6 +264,7 @@ fn resolve_reason(e: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hakuriver_tunnel::protocol::{read_line, Line};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -191,6 +279,7 @@ mod tests {
             transport: Transport::Plain,
             connect_timeout: WAIT,
             response_timeout: WAIT,
+            token: None,
         }
     }
 
@@ -216,14 +305,14 @@ mod tests {
         (port, handle)
     }
 
-    fn id(n: i64) -> TaskId {
-        TaskId::try_from(n).expect("id")
+    fn id(n: i64) -> TaskRef {
+        TaskRef::Id(hakuriver_tunnel::TaskId::try_from(n).expect("id"))
     }
 
     #[tokio::test]
     async fn success_keeps_bytes_behind_the_reply() {
         let (port, proxy) = fake_proxy(b"SUCCESS\nSSH-2.0-OpenSSH_9.2\r\n").await;
-        let mut tunnel = connector(port).open(id(42)).await.expect("open");
+        let mut tunnel = connector(port).open(&id(42)).await.expect("open");
         let mut banner = [0u8; 21];
         tokio::time::timeout(WAIT, tunnel.read_exact(&mut banner))
             .await
@@ -246,7 +335,7 @@ mod tests {
             b"ERROR Task 9 not found.",
         ] {
             let (port, _proxy) = fake_proxy(reply).await;
-            match connector(port).open(id(9)).await.err() {
+            match connector(port).open(&id(9)).await.err() {
                 Some(ClientError::Proxy(m)) => assert_eq!(m, "Task 9 not found."),
                 other => panic!("{reply:?}: {other:?}"),
             }
@@ -261,7 +350,7 @@ mod tests {
         let hold = tokio::spawn(async move { listener.accept().await });
         let mut impatient = connector(port);
         impatient.response_timeout = Duration::from_millis(200);
-        let err = impatient.open(id(1)).await.err();
+        let err = impatient.open(&id(1)).await.err();
         assert!(
             matches!(err, Some(ClientError::ResponseTimeout { .. })),
             "{err:?}"
@@ -269,11 +358,11 @@ mod tests {
         drop(hold);
 
         let (port, _p) = fake_proxy(b"").await;
-        let err = connector(port).open(id(1)).await.err();
+        let err = connector(port).open(&id(1)).await.err();
         assert!(matches!(err, Some(ClientError::NoReply { .. })), "{err:?}");
 
         let (port, _p) = fake_proxy(b"SSH-2.0-OpenSSH_9.2\r\n").await;
-        let err = connector(port).open(id(1)).await.err();
+        let err = connector(port).open(&id(1)).await.err();
         assert!(
             matches!(err, Some(ClientError::UnexpectedReply { .. })),
             "{err:?}"
@@ -285,7 +374,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
-        let err = connector(port).open(id(1)).await.err().expect("must fail");
+        let err = connector(port).open(&id(1)).await.err().expect("must fail");
         let line = err.user_line("hakuriver-ssh");
         assert!(
             line.starts_with(&format!(
