@@ -64,8 +64,49 @@ struct ProxySection {
     max_connections_per_ip: Option<usize>,
     lookups_per_minute_per_ip: Option<u32>,
     allowed_clients: Option<Vec<String>>,
+    allow_listing: Option<bool>,
     #[serde(default)]
     tls: TlsSection,
+    #[serde(default)]
+    auth: AuthSection,
+}
+
+/// `[ssh_proxy.auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    mode: Option<AuthMode>,
+}
+
+/// Who may open which tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone who reaches the port reaches every VPS, as HakuRiver's own proxy.
+    #[default]
+    Off,
+    /// Clients prove a KohakuRiver user with an API token (inside TLS) and reach only
+    /// the VPS tasks that user owns or is assigned, or any VPS for operators and admins.
+    Kohakuriver,
+}
+
+impl std::fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMode::Off => "off",
+            AuthMode::Kohakuriver => "kohakuriver",
+        })
+    }
+}
+
+/// Access settings: [`AuthMode`] and whether names and lists are answered without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Access {
+    /// `[ssh_proxy.auth] mode`.
+    pub mode: AuthMode,
+    /// `[ssh_proxy] allow_listing`: answer task names and LIST without auth (then
+    /// every client sees every VPS task, as HakuRiver's proxy lets it reach every one).
+    pub allow_listing: bool,
 }
 
 /// `[ssh_proxy.tls]`.
@@ -234,6 +275,8 @@ pub struct Settings {
     pub cert: CertSource,
     /// Connection limits.
     pub limits: Limits,
+    /// Authorization, names and lists.
+    pub access: Access,
 }
 
 impl Settings {
@@ -397,6 +440,10 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
         log_format: o.log_format.or(p.log_format).unwrap_or_default(),
         cert,
         limits,
+        access: Access {
+            mode: p.auth.mode.unwrap_or_default(),
+            allow_listing: p.allow_listing.unwrap_or(false),
+        },
     })
 }
 
@@ -558,6 +605,20 @@ cert_file = "/etc/c.pem"
 key_file = "/etc/k.pem"
 "#;
         let s = from_str(text, &Overrides::default()).expect("valid");
+        assert_eq!(s.access, Access::default());
+        let auth = from_str(
+            "[ssh_proxy]\nallow_listing = true\n[ssh_proxy.auth]\nmode = \"kohakuriver\"\n",
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert_eq!(
+            auth.access,
+            Access {
+                mode: AuthMode::Kohakuriver,
+                allow_listing: true
+            }
+        );
+        assert!(from_str("[ssh_proxy.auth]\nmode = \"ldap\"\n", &Overrides::default()).is_err());
         assert_eq!(s.timeouts.request, Duration::from_millis(500));
         assert_eq!(s.timeouts.connect, Duration::from_secs(2));
         assert_eq!(s.timeouts.idle, Some(Duration::from_secs(3600)));
