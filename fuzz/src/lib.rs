@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`protocol_checks`]: request line parser, capped line reader under arbitrary
 //!   chunking, reply parser.
+//! - [`extended_checks`]: the extended request line and the LIST reply.
 //! - [`config_checks`]: the proxy's config parser on arbitrary UTF-8.
 //!
 //! Both files are also compiled into stable regression tests
@@ -10,4 +11,5 @@
 //! `#[path]`, so CI replays the committed corpus through exactly these checks.
 
 pub mod config_checks;
+pub mod extended_checks;
 pub mod protocol_checks;

@@ -1,11 +1,14 @@
 //! Replays the committed fuzz corpora (`fuzz/corpus/request_parser`,
-//! `fuzz/corpus/response_parser`) through the very checks the fuzz targets run, on
+//! `fuzz/corpus/response_parser`, `fuzz/corpus/extended_request`) through the very checks the fuzz targets run, on
 //! stable, so CI catches a regression the fuzzer once explored.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[path = "../../../fuzz/src/protocol_checks.rs"]
 mod protocol_checks;
+
+#[path = "../../../fuzz/src/extended_checks.rs"]
+mod extended_checks;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +46,11 @@ fn replay(target: &str, check: fn(&[u8])) {
 #[test]
 fn request_parser_corpus() {
     replay("request_parser", protocol_checks::check_request);
+}
+
+#[test]
+fn extended_request_corpus() {
+    replay("extended_request", extended_checks::check_extended);
 }
 
 #[test]
