@@ -349,6 +349,40 @@ in
                   example = 256;
                   description = "Concurrent connections per client address (daemon default 256).";
                 };
+                allow_listing = mkOption {
+                  type = types.nullOr types.bool;
+                  default = null;
+                  description = ''
+                    Answer task names and `hakuriver-ssh list` without
+                    {option}`settings.ssh_proxy.auth.mode` (daemon default false): every client then
+                    sees every VPS task, as every client may reach every VPS without auth.
+                  '';
+                };
+                auth = mkOption {
+                  default = { };
+                  description = "`[ssh_proxy.auth]`: who may open which tunnel.";
+                  type = types.submodule {
+                    freeformType = settingsFormat.type;
+                    options.mode = mkOption {
+                      type = types.nullOr (
+                        types.enum [
+                          "off"
+                          "kohakuriver"
+                        ]
+                      );
+                      default = null;
+                      example = "kohakuriver";
+                      description = ''
+                        `off` (the daemon default): whoever reaches the port reaches every VPS, as
+                        HakuRiver's own proxy. `kohakuriver`: clients send a KohakuRiver 1.0 API token
+                        (inside TLS) and reach only the VPS tasks their user owns or is assigned to,
+                        or any VPS for operators and admins; the database must be KohakuRiver 1.0's.
+                        Needs TLS on every listener ({option}`tls.mode` not `off` and
+                        {option}`tls.port` null), since a token must never cross plain TCP.
+                      '';
+                    };
+                  };
+                };
                 tls = mkOption {
                   default = { };
                   description = "`[ssh_proxy.tls]`; enable/listen/cert_file/key_file come from {option}`tls`.";
@@ -393,6 +427,10 @@ in
           {
             assertion = cfg.tls.port == null || cfg.tls.port != cfg.port;
             message = "${opt}.tls.port must differ from ${opt}.port; leave tls.port null to serve TLS only on ${opt}.port.";
+          }
+          {
+            assertion = cfg.settings.ssh_proxy.auth.mode != "kohakuriver" || tlsOnMain;
+            message = "${opt}.settings.ssh_proxy.auth.mode = \"kohakuriver\" needs TLS on every listener: set ${opt}.tls.mode (not \"off\") and leave ${opt}.tls.port null, so no plain port is served (API tokens must never cross plain TCP).";
           }
           {
             assertion = cfg.tls.port == null || tlsEnabled;

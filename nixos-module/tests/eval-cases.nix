@@ -113,6 +113,7 @@ in
               };
               database.db_file = "/var/lib/hakuriver/hakuriver.db";
               ssh_proxy.tls = { };
+              ssh_proxy.auth = { };
             }
           ) "rendered TOML has no nulls: ${builtins.toJSON config.environment.etc."hakuriver-ssh-proxy/config.toml".source.value}")
         ];
@@ -436,6 +437,54 @@ in
       checks =
         { failedModuleAssertions, ... }:
         [ (fired failedModuleAssertions "services.hakuriver.sshProxy.settings.ssh_proxy.tls.cert_file is derived") ];
+    };
+
+    auth-kohakuriver-with-tls = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy = {
+            tls.mode = "self-signed";
+            settings.ssh_proxy.auth.mode = "kohakuriver";
+          };
+        }
+      ];
+      checks =
+        { config, ... }:
+        [
+          (check (
+            config.services.hakuriver.sshProxy.settings.ssh_proxy.auth.mode == "kohakuriver"
+          ) "auth mode kept in the rendered settings")
+          (check ((sock config).socketConfig.FileDescriptorName == "tls") "main socket speaks TLS")
+        ];
+    };
+
+    assert-auth-needs-tls = {
+      modules = [
+        enable
+        { services.hakuriver.sshProxy.settings.ssh_proxy.auth.mode = "kohakuriver"; }
+      ];
+      expectModuleAssertions = true;
+      checks =
+        { failedModuleAssertions, ... }:
+        [ (fired failedModuleAssertions "services.hakuriver.sshProxy.settings.ssh_proxy.auth.mode = \"kohakuriver\" needs TLS") ];
+    };
+
+    assert-auth-no-plain-port = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy = {
+            tls.mode = "self-signed";
+            tls.port = 8003;
+            settings.ssh_proxy.auth.mode = "kohakuriver";
+          };
+        }
+      ];
+      expectModuleAssertions = true;
+      checks =
+        { failedModuleAssertions, ... }:
+        [ (fired failedModuleAssertions "services.hakuriver.sshProxy.settings.ssh_proxy.auth.mode = \"kohakuriver\" needs TLS") ];
     };
   };
 }
