@@ -650,6 +650,23 @@ key_file = "/etc/k.pem"
         );
     }
 
+    /// Every config file the repository ships for the proxy must load.
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("deploy/config") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                from_str(&text, &Overrides::default())
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "only {seen} configs in {}", dir.display());
+    }
+
     #[test]
     fn misspelt_keys_are_named() {
         let err = from_str("[ssh_proxy]\nrequest_timeout = 3\n", &Overrides::default())
