@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use hakuriver_tunnel::protocol::{self, Line, Response, MAX_RESPONSE_LINE};
+use hakuriver_tunnel::protocol::{self, Response};
 use hakuriver_tunnel::{Request, TaskId};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -387,17 +387,14 @@ async fn probe(target: &str, pin: Option<hakuriver_tunnel::tls::Fingerprint>) ->
 }
 
 async fn probe_over<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<()> {
-    let mut stream = BufReader::new(stream);
     let request = Request {
         task_id: TaskId::try_from(0)?,
     };
-    stream.get_mut().write_all(&request.encode()).await?;
-    stream.get_mut().flush().await?;
-    let line = match protocol::read_line(&mut stream, MAX_RESPONSE_LINE).await? {
-        Line::Complete(line) => line,
-        _ => bail!("connection closed without an answer"),
-    };
-    match protocol::parse_response(&line)? {
+    // The caller bounds the whole probe; this one is only a backstop.
+    let (response, _) = protocol::request_tunnel(stream, &request.encode(), Duration::MAX)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match response {
         Response::Error(msg) if msg == "Task 0 not found." => Ok(()),
         Response::Error(msg) => bail!("unexpected answer: {msg}"),
         Response::Success => bail!("task 0 unexpectedly routed"),
