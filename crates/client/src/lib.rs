@@ -5,6 +5,7 @@
 //! - [`cli`]: the command line (also the source of `--help`, completions and the man page).
 //! - [`config`]: HakuRiver's `config.toml` plus our `[ssh_client]` section and the flags,
 //!   resolved into [`config::Settings`].
+//! - [`dial`]: the proxy's address ([`dial::Target`]) and the TCP connect to it.
 //! - [`tunnel`]: connect, request, read the reply; returns the stream with any bytes
 //!   that followed `SUCCESS` still buffered.
 //! - [`transport`]: what runs over the TCP socket: plain, or TLS verified before the
@@ -22,6 +23,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dial;
 pub mod display;
 pub mod error;
 pub mod session;

@@ -18,6 +18,15 @@ use crate::error::ClientError;
 use crate::trust::KnownProxies;
 use crate::tunnel::{Target, TunnelIo};
 
+/// A stream ready for the request, and (trust on first use) the certificate to record
+/// before anything about the task is sent.
+pub struct Established {
+    /// The plain or verified TLS stream.
+    pub stream: Box<dyn TunnelIo>,
+    /// The store and the fingerprint the proxy presented, when trusting on first use.
+    pub first_use: Option<(KnownProxies, Fingerprint)>,
+}
+
 /// The transport to the Host proxy.
 #[derive(Debug)]
 pub enum Transport {
@@ -114,9 +123,14 @@ impl Transport {
         tcp: TcpStream,
         target: &Target,
         deadline: Instant,
-    ) -> Result<Box<dyn TunnelIo>, ClientError> {
+    ) -> Result<Established, ClientError> {
         let tls = match self {
-            Transport::Plain => return Ok(Box::new(tcp)),
+            Transport::Plain => {
+                return Ok(Established {
+                    stream: Box::new(tcp),
+                    first_use: None,
+                })
+            }
             Transport::Tls(tls) => tls,
         };
         let tls_error = |reason: String| ClientError::Tls {
@@ -130,23 +144,20 @@ impl Transport {
             .await
             .map_err(|_| tls_error("the TLS handshake did not finish in time".to_owned()))?
             .map_err(|e| tls_error(describe_tls_error(&e)))?;
-        if let Some((captured, store)) = &tls.first_use {
-            let fingerprint = captured
-                .get()
-                .ok_or_else(|| tls_error("the proxy presented no certificate".to_owned()))?;
-            let added = store
-                .add(&target.to_string(), fingerprint)
-                .map_err(ClientError::Trust)?;
-            if added {
-                eprintln!(
-                    "hakuriver-ssh: trusting the proxy at {target} on first use: {fingerprint} \
-                     (saved in {}); compare with `hakuriver-ssh-proxy fingerprint` on the Host",
-                    store.path().display()
-                );
+        let first_use = match &tls.first_use {
+            Some((captured, store)) => {
+                let fingerprint = captured
+                    .get()
+                    .ok_or_else(|| tls_error("the proxy presented no certificate".to_owned()))?;
+                Some((store.clone(), fingerprint))
             }
-        }
+            None => None,
+        };
         tracing::debug!(proxy = %target, "TLS verified");
-        Ok(Box::new(stream))
+        Ok(Established {
+            stream: Box::new(stream),
+            first_use,
+        })
     }
 }
 
@@ -162,7 +173,7 @@ pub async fn fetch_fingerprint(
         reason,
     };
     let deadline = Instant::now() + timeout;
-    let tcp = crate::tunnel::connect_tcp(target, deadline, timeout).await?;
+    let tcp = crate::dial::connect_tcp(target, deadline, timeout).await?;
     let name = server_name.map_or_else(|| target.host.clone(), str::to_owned);
     let name = ServerName::try_from(name.clone())
         .map_err(|e| tls_error(format!("invalid server name {name:?}: {e}")))?;

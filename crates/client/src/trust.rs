@@ -9,6 +9,27 @@ use std::path::{Path, PathBuf};
 
 use hakuriver_tunnel::tls::Fingerprint;
 
+/// Trust on first use: records the certificate the proxy at `target` presented in its
+/// first handshake, and tells the user once (on stderr) how to check it. Runs right
+/// after the handshake, before anything about the task is sent.
+pub fn remember_first_use(
+    store: &KnownProxies,
+    target: &crate::dial::Target,
+    fingerprint: Fingerprint,
+) -> Result<(), crate::error::ClientError> {
+    let added = store
+        .add(&target.to_string(), fingerprint)
+        .map_err(crate::error::ClientError::Trust)?;
+    if added {
+        eprintln!(
+            "hakuriver-ssh: trusting the proxy at {target} on first use: {fingerprint} \
+             (saved in {}); compare with `hakuriver-ssh-proxy fingerprint` on the Host",
+            store.path().display()
+        );
+    }
+    Ok(())
+}
+
 /// The store file.
 #[derive(Debug, Clone)]
 pub struct KnownProxies {

@@ -8,12 +8,8 @@
 //! proxy sent right behind `SUCCESS\n` (the VPS sshd's banner, typically) are still in
 //! its buffer and reach ssh first.
 
-use std::fmt;
-use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use hakuriver_tunnel::net::tune_tcp;
 use hakuriver_tunnel::protocol::extended::MAX_LIST_REPLY;
 use hakuriver_tunnel::protocol::handshake::read_reply_body;
 use hakuriver_tunnel::protocol::{
@@ -22,11 +18,12 @@ use hakuriver_tunnel::protocol::{
 };
 use hakuriver_tunnel::Response;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
-use tokio::net::TcpStream;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 
+use crate::dial::connect_tcp;
+pub use crate::dial::Target;
 use crate::display::safe;
-use crate::error::{connect_reason, secs, ClientError};
+use crate::error::ClientError;
 use crate::transport::Transport;
 
 /// A byte stream to the proxy, plain or TLS.
@@ -40,25 +37,6 @@ pub type Tunnel = BufReader<Box<dyn TunnelIo>>;
 pub const AUTH_REQUIRED: &str = "Authentication required";
 /// HakuRiver's answer to a line it does not know (our extended one included).
 const UNKNOWN_REQUEST: &str = "Invalid request format.";
-
-/// Where the Host proxy listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Name or IP address, IPv6 without brackets.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// Opens tunnels to one proxy; cheap to share between the first and later connections.
 #[derive(Debug)]
@@ -151,10 +129,14 @@ impl Connector {
         let deadline = Instant::now() + self.connect_timeout;
         let tcp = connect_tcp(&self.target, deadline, self.connect_timeout).await?;
         // Verification (TLS) finishes inside `establish`, before the request is written.
-        let stream = self
+        let established = self
             .transport
             .establish(tcp, &self.target, deadline)
             .await?;
+        if let Some((store, fingerprint)) = &established.first_use {
+            crate::trust::remember_first_use(store, &self.target, *fingerprint)?;
+        }
+        let stream = established.stream;
         let (response, stream) = request_tunnel(stream, request, self.response_timeout)
             .await
             .map_err(|e| self.reply_error(e))?;
@@ -201,64 +183,6 @@ impl Connector {
             },
         }
     }
-}
-
-/// Resolves `target` and connects to its addresses in turn until one answers or the
-/// deadline passes.
-pub(crate) async fn connect_tcp(
-    target: &Target,
-    deadline: Instant,
-    budget: Duration,
-) -> Result<TcpStream, ClientError> {
-    let unreachable = |reason: String| ClientError::Unreachable {
-        addr: target.to_string(),
-        reason,
-    };
-    let timed_out = || unreachable(format!("no connection within {}", secs(budget)));
-    let addrs: Vec<SocketAddr> = match timeout_at(
-        deadline,
-        tokio::net::lookup_host((target.host.as_str(), target.port)),
-    )
-    .await
-    {
-        Err(_) => return Err(timed_out()),
-        Ok(Err(e)) => {
-            return Err(unreachable(format!(
-                "cannot resolve {:?}: {}",
-                target.host,
-                resolve_reason(&e)
-            )))
-        }
-        Ok(Ok(addrs)) => addrs.collect(),
-    };
-    let mut last_error = None;
-    for addr in addrs {
-        tracing::debug!(%addr, "connecting");
-        match timeout_at(deadline, TcpStream::connect(addr)).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Ok(stream)) => {
-                if let Err(e) = tune_tcp(&stream) {
-                    tracing::debug!(error = %e, "cannot set socket options");
-                }
-                return Ok(stream);
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "connect failed");
-                last_error = Some(e);
-            }
-        }
-    }
-    Err(unreachable(match last_error {
-        Some(e) => connect_reason(&e),
-        None => "the name resolved to no address".to_owned(),
-    }))
-}
-
-fn resolve_reason(e: &io::Error) -> String {
-    // getaddrinfo's text ("failed to lookup address information: Name or service not
-    // known") is long; keep the part after the colon.
-    let text = e.to_string();
-    text.rsplit(": ").next().unwrap_or(&text).to_owned()
 }
 
 #[cfg(test)]
@@ -382,14 +306,5 @@ mod tests {
             )),
             "{line}"
         );
-    }
-
-    #[test]
-    fn targets_print_with_brackets_for_ipv6() {
-        let t = Target {
-            host: "::1".into(),
-            port: 8002,
-        };
-        assert_eq!(t.to_string(), "[::1]:8002");
     }
 }
