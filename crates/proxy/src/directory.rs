@@ -21,8 +21,6 @@ use std::time::Duration;
 use hakuriver_tunnel::TaskId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::error::Refusal;
-
 /// How long one lookup waits for HakuRiver's writer to release a lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle connections kept for reuse.
@@ -143,6 +141,42 @@ pub enum DbError {
     },
 }
 
+/// Why the directory gives no route. `Display` is for the log; the wire text is
+/// `error::Refusal`'s (`From<Denied>`), in HakuRiver's wording.
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    /// No such task.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// The task is a batch command, not a VPS.
+    #[error("task {0} is not a VPS task")]
+    NotVps(TaskId),
+    /// The VPS is not `running` or `paused` (its status).
+    #[error("VPS task {0} is not active (status: {1})")]
+    Inactive(TaskId, String),
+    /// The task has no runner.
+    #[error("VPS task {0} has no assigned node")]
+    NoNode(TaskId),
+    /// The task has no published SSH port (NULL or not positive).
+    #[error("VPS task {0} has no SSH port")]
+    NoSshPort(TaskId),
+    /// The runner is not `online` (or its node row is gone).
+    #[error("the node of VPS task {0} is not online")]
+    NodeOffline(TaskId),
+    /// The node's URL has no usable host (the node's hostname).
+    #[error("cannot parse the runner URL of node {0}")]
+    BadRunnerUrl(String),
+    /// `ssh_port` is above 65535 (HakuRiver would fail to connect).
+    #[error("ssh_port {1} of VPS task {0} is out of range")]
+    PortOutOfRange(TaskId, i64),
+    /// The database could not be read.
+    #[error("{0}")]
+    Database(#[source] DbError),
+    /// Any other internal failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
 /// A read-only view of HakuRiver's task and node tables.
 #[derive(Debug, Clone)]
 pub struct TaskDirectory {
@@ -193,10 +227,10 @@ impl TaskDirectory {
 
     /// Looks a task up and applies HakuRiver's rules, in HakuRiver's order. Blocking: call
     /// it from `spawn_blocking` (see [`TaskDirectory::lookup_async`]).
-    pub fn lookup(&self, id: TaskId) -> Result<Route, Refusal> {
+    pub fn lookup(&self, id: TaskId) -> Result<Route, Denied> {
         let row = self
             .with_conn(|conn, kind| query_task(conn, kind, id))
-            .map_err(Refusal::Database)?;
+            .map_err(Denied::Database)?;
         evaluate(id, row)
     }
 
@@ -214,20 +248,20 @@ impl TaskDirectory {
     /// (busy timeout 0) when HakuRiver holds a write lock. Then, and for opening a
     /// connection, the lookup goes to tokio's blocking pool, where it may wait up to
     /// [`BUSY_TIMEOUT`] without stalling other connections.
-    pub async fn lookup_async(&self, id: TaskId) -> Result<Route, Refusal> {
+    pub async fn lookup_async(&self, id: TaskId) -> Result<Route, Denied> {
         if let Some(result) = self.try_lookup_now(id) {
             return result;
         }
         let this = self.clone();
         match tokio::task::spawn_blocking(move || this.lookup(id)).await {
             Ok(result) => result,
-            Err(join) => Err(Refusal::Internal(format!("lookup task failed: {join}"))),
+            Err(join) => Err(Denied::Internal(format!("lookup task failed: {join}"))),
         }
     }
 
     /// The non-blocking fast path of [`TaskDirectory::lookup_async`]: `None` when it
     /// would have to open a connection or wait for a lock.
-    fn try_lookup_now(&self, id: TaskId) -> Option<Result<Route, Refusal>> {
+    fn try_lookup_now(&self, id: TaskId) -> Option<Result<Route, Denied>> {
         let identity = file_identity(&self.inner.path).ok()?;
         let kind = self.cached_kind(identity)?;
         let pooled = self.take_idle(identity)?;
@@ -441,32 +475,32 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// HakuRiver's checks, in its order, on one joined row.
-fn evaluate(id: TaskId, row: Option<Row>) -> Result<Route, Refusal> {
+fn evaluate(id: TaskId, row: Option<Row>) -> Result<Route, Denied> {
     let Some((task_type, status, assigned, ssh_port, node_name, node_status, node_url)) = row
     else {
-        return Err(Refusal::NotFound(id));
+        return Err(Denied::NotFound(id));
     };
     if task_type.as_deref() != Some("vps") {
-        return Err(Refusal::NotVps(id));
+        return Err(Denied::NotVps(id));
     }
     let status = status.unwrap_or_default();
     if !ACTIVE_STATUSES.contains(&status.as_str()) {
-        return Err(Refusal::Inactive(id, status));
+        return Err(Denied::Inactive(id, status));
     }
     let Some(assigned) = assigned.filter(|a| !a.is_empty()) else {
-        return Err(Refusal::NoNode(id));
+        return Err(Denied::NoNode(id));
     };
     let port = match ssh_port {
-        Some(p) if p > 0 => u16::try_from(p).map_err(|_| Refusal::ConnectFailed(id))?,
-        _ => return Err(Refusal::NoSshPort(id)),
+        Some(p) if p > 0 => u16::try_from(p).map_err(|_| Denied::PortOutOfRange(id, p))?,
+        _ => return Err(Denied::NoSshPort(id)),
     };
     // A dangling node reference is as unreachable as an offline node.
     if node_status.as_deref() != Some("online") {
-        return Err(Refusal::NodeOffline(id));
+        return Err(Denied::NodeOffline(id));
     }
     let node = node_name.unwrap_or(assigned);
     let host = runner_host(node_url.as_deref().unwrap_or_default())
-        .ok_or_else(|| Refusal::BadRunnerUrl(node.clone()))?;
+        .ok_or_else(|| Denied::BadRunnerUrl(node.clone()))?;
     Ok(Route { host, port, node })
 }
 
@@ -558,6 +592,11 @@ mod tests {
     }
 
     use hakuriver_ssh_tests::fixtures;
+
+    /// The wire text of a denial (the tests only: the directory itself knows no wire).
+    fn wire(denied: Denied) -> String {
+        crate::error::Refusal::from(denied).to_string()
+    }
     use hakuriver_ssh_tests::kohaku::{self, Schema, SqlDb};
 
     fn kind_of(schema: Schema) -> SchemaKind {
@@ -616,7 +655,7 @@ mod tests {
             let (db, _) = kohaku::routing(schema, 2222, 1).expect("db");
             let directory = TaskDirectory::new(db.path());
             for (id, want) in &cases {
-                let got = directory.lookup(*id).map_err(|e| e.to_string());
+                let got = directory.lookup(*id).map_err(wire);
                 assert_eq!(got, Err(want.clone()), "{schema}, task {id}");
             }
             for id in [
@@ -644,7 +683,7 @@ mod tests {
             .execute_batch("CREATE TABLE jobs (id INTEGER PRIMARY KEY);")
             .expect("schema");
         let directory = TaskDirectory::new(&path);
-        let refusal = directory.lookup(tid(1)).expect_err("refused");
+        let refusal = crate::error::Refusal::from(directory.lookup(tid(1)).expect_err("refused"));
         assert_eq!(
             refusal.to_string(),
             "Internal server error during task lookup."
@@ -704,6 +743,30 @@ mod tests {
                 .expect("route");
             assert_eq!(fast, route, "{schema}");
         }
+    }
+
+    #[test]
+    fn a_port_above_65535_has_its_own_denial_and_hakurivers_text() {
+        let id = tid(9);
+        let row = row(
+            "vps",
+            "running",
+            Some("n1"),
+            Some(70_000),
+            Some("online"),
+            "http://h",
+        );
+        let denied = evaluate(id, row).expect_err("refused");
+        assert!(
+            matches!(denied, Denied::PortOutOfRange(i, 70_000) if i == id),
+            "{denied:?}"
+        );
+        let refusal = crate::error::Refusal::from(denied);
+        assert_eq!(
+            refusal.to_string(),
+            "Failed to connect to Runner for task 9."
+        );
+        assert!(refusal.detail().contains("70000"), "{}", refusal.detail());
     }
 
     #[test]
@@ -851,10 +914,7 @@ mod tests {
             ),
         ];
         for (row, want) in cases {
-            assert_eq!(
-                evaluate(id, row).map_err(|e| e.to_string()),
-                Err(want.to_owned())
-            );
+            assert_eq!(evaluate(id, row).map_err(wire), Err(want.to_owned()));
         }
     }
 }
