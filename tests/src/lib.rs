@@ -10,6 +10,8 @@
 //!   ProxyCommand tunnel helper.
 //! - [`proxy`]: the built `hakuriver-ssh-proxy` ([`Proxy`], [`bin_path`]).
 //! - [`fixtures`]: a DB with one task per routing outcome and the expected replies.
+//! - [`kohaku`]: KohakuRiver 0.4 / 1.0 (and HakuRiver 0.3.0) databases made by our own
+//!   SQL ([`SqlDb`]), the same routing tasks, and users, tokens and assignments on 1.0.
 //! - [`net`]: request/reply exchanges, a refusing port, checksums, test data, timeouts.
 //! - [`robust`]: our client as ProxyCommand, `/proc` fd/RSS counts, polling with a deadline.
 //!
@@ -17,6 +19,7 @@
 
 pub mod fixtures;
 pub mod haku;
+pub mod kohaku;
 pub mod net;
 pub mod process;
 pub mod proxy;
@@ -26,6 +29,7 @@ pub mod sshd;
 pub use haku::{
     peer_path, run_python_client, ssh_via_tunnel, venv_dir, venv_python, HakuDb, PyHostProxy,
 };
+pub use kohaku::{Schema, SqlDb};
 pub use net::{
     connect, exchange_until_eof, random_bytes, read_line, request_tunnel, sha256_hex, with_timeout,
     RefusedPort, IO_TIMEOUT,

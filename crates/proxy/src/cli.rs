@@ -203,10 +203,15 @@ async fn run(
     let directory = TaskDirectory::new(&settings.db_path);
     let first_check = {
         let directory = directory.clone();
-        tokio::task::spawn_blocking(move || directory.count_active()).await?
+        tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::directory::DbError>((directory.schema()?, directory.count_active()?))
+        })
+        .await?
     };
     match &first_check {
-        Ok(n) => info!(db = %settings.db_path.display(), active_vps = n, "database readable"),
+        Ok((schema, n)) => {
+            info!(db = %settings.db_path.display(), schema = %schema, active_vps = n, "database readable")
+        }
         Err(e) => warn!(error = %e, "database not readable yet; lookups will fail until it is"),
     }
     if let Some(cert) = &serving_cert {
@@ -313,14 +318,16 @@ fn check(settings: &Settings) -> Result<ExitCode> {
         println!("tls:       {}", cert.fingerprint());
     }
     println!("database:  {}", settings.db_path.display());
-    let active = TaskDirectory::new(&settings.db_path)
-        .count_active()
-        .with_context(|| {
-            format!(
-                "cannot read the HakuRiver database {}",
-                settings.db_path.display()
-            )
-        })?;
+    let directory = TaskDirectory::new(&settings.db_path);
+    let cannot_read = || {
+        format!(
+            "cannot read the HakuRiver database {}",
+            settings.db_path.display()
+        )
+    };
+    let schema = directory.schema().with_context(cannot_read)?;
+    println!("schema:    {schema}");
+    let active = directory.count_active().with_context(cannot_read)?;
     println!("active VPS tasks: {active}");
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@
 
 use hakuriver_tunnel::{RequestError, TaskId};
 
-use crate::directory::DbError;
+use crate::directory::{DbError, Denied};
 
 /// A refusal sent to the client as `ERROR <Display>\n`.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,9 @@ pub enum Refusal {
     /// The node's URL has no usable host.
     #[error("Error parsing runner URL for node {0}.")]
     BadRunnerUrl(String),
+    /// The task's `ssh_port` does not fit a port number: HakuRiver's connect would fail.
+    #[error("Failed to connect to Runner for task {0}.")]
+    PortOutOfRange(TaskId, i64),
     /// The database could not be read.
     #[error("Internal server error during task lookup.")]
     Database(#[source] DbError),
@@ -80,11 +83,31 @@ impl Refusal {
                 text
             }
             Refusal::Internal(detail) => detail.clone(),
+            Refusal::PortOutOfRange(id, port) => {
+                format!("ssh_port {port} of VPS task {id} is out of range")
+            }
             Refusal::TlsOnPlainPort => {
                 "TLS ClientHello on a plain port (the client should use a TLS port, or no TLS)"
                     .to_owned()
             }
             other => other.to_string(),
+        }
+    }
+}
+
+impl From<Denied> for Refusal {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::NotFound(id) => Refusal::NotFound(id),
+            Denied::NotVps(id) => Refusal::NotVps(id),
+            Denied::Inactive(id, status) => Refusal::Inactive(id, status),
+            Denied::NoNode(id) => Refusal::NoNode(id),
+            Denied::NoSshPort(id) => Refusal::NoSshPort(id),
+            Denied::NodeOffline(id) => Refusal::NodeOffline(id),
+            Denied::BadRunnerUrl(node) => Refusal::BadRunnerUrl(node),
+            Denied::PortOutOfRange(id, port) => Refusal::PortOutOfRange(id, port),
+            Denied::Database(e) => Refusal::Database(e),
+            Denied::Internal(detail) => Refusal::Internal(detail),
         }
     }
 }
