@@ -21,6 +21,10 @@ use std::time::Duration;
 use hakuriver_tunnel::TaskId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+mod access;
+
+pub use access::{Role, TaskSummary, User};
+
 /// How long one lookup waits for HakuRiver's writer to release a lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle connections kept for reuse.
@@ -175,6 +179,36 @@ pub enum Denied {
     /// Any other internal failure.
     #[error("{0}")]
     Internal(String),
+    /// No `tokens` row has this token's hash: unknown or revoked (deleted).
+    #[error("API token unknown or revoked")]
+    BadToken,
+    /// The token is valid but its user's `is_active` is 0 (the username).
+    #[error("account {0} is disabled")]
+    AccountDisabled(String),
+    /// The user's role is below `user`.
+    #[error("role {0} may not open SSH sessions")]
+    RoleTooLow(Role),
+    /// The task does not exist, or the user may not reach it; the wire text is the same
+    /// for both, only the log says which.
+    #[error("task {id} {}", if *exists { "is not theirs to reach" } else { "not found" })]
+    NotFoundOrForbidden {
+        /// The task asked for.
+        id: TaskId,
+        /// Whether it exists (for the log only).
+        exists: bool,
+    },
+    /// No live VPS of this name that the user may reach.
+    #[error("no reachable VPS named {0:?}")]
+    NoSuchName(String),
+    /// Several live VPS of this name that the user may reach (the name, how many).
+    #[error("{1} reachable VPS tasks named {0:?}")]
+    AmbiguousName(String, usize),
+    /// Task names on a database without them (before KohakuRiver 1.0).
+    #[error("task names need a KohakuRiver 1.0 database")]
+    NamesUnsupported,
+    /// Users and tokens asked of a database without them (its kind).
+    #[error("auth mode needs a KohakuRiver 1.0 database; this one is {0}")]
+    AuthUnsupported(SchemaKind),
 }
 
 /// A read-only view of HakuRiver's task and node tables.

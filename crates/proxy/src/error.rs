@@ -4,7 +4,7 @@
 
 use hakuriver_tunnel::{RequestError, TaskId};
 
-use crate::directory::{DbError, Denied};
+use crate::directory::{DbError, Denied, Role, SchemaKind};
 
 /// A refusal sent to the client as `ERROR <Display>\n`.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,31 @@ pub enum Refusal {
     /// Any other internal failure during lookup.
     #[error("Internal server error during task lookup.")]
     Internal(String),
+    /// The API token is unknown or revoked.
+    #[error("Invalid or revoked API token. Log in again with 'kohakuriver auth login' (hakuriver-ssh reads the token from --token-file, $KOHAKURIVER_TOKEN or ~/.kohakuriver/auth.json).")]
+    BadToken,
+    /// The token's KohakuRiver account is disabled (the username, for the log).
+    #[error("Your KohakuRiver account is disabled; ask an administrator to reactivate it.")]
+    AccountDisabled(String),
+    /// The user's role is below `user`.
+    #[error("Your KohakuRiver role ({0}) may not open SSH sessions; ask an administrator for the user role.")]
+    RoleTooLow(Role),
+    /// Missing or not the user's: the same text, so a refusal never tells whether a task
+    /// exists (`true`: it exists; the log only).
+    #[error("Task {0} not found, or you may not reach it (only its owner, users assigned to it and operators may).")]
+    NotFoundOrForbidden(TaskId, bool),
+    /// No VPS of that name among those the user may reach.
+    #[error("No VPS named {0:?} that you may reach; 'hakuriver-ssh list' shows yours.")]
+    NoSuchName(String),
+    /// Several VPS of that name among those the user may reach (the name, how many).
+    #[error("{1} VPS tasks named {0:?} that you may reach; use the task ID ('hakuriver-ssh list' shows them).")]
+    AmbiguousName(String, usize),
+    /// A task name sent to a Host whose database has none.
+    #[error("Task names need a KohakuRiver 1.0 Host; use the task ID.")]
+    NamesUnsupported,
+    /// Auth mode on a database without users: a setup error, not the user's.
+    #[error("Internal server error during task lookup.")]
+    AuthUnsupported(SchemaKind),
     /// The runner did not accept within the connect timeout.
     #[error("Timeout connecting to Runner for task {0}.")]
     ConnectTimeout(TaskId),
@@ -86,6 +111,14 @@ impl Refusal {
             Refusal::PortOutOfRange(id, port) => {
                 format!("ssh_port {port} of VPS task {id} is out of range")
             }
+            Refusal::BadToken => "API token unknown or revoked".to_owned(),
+            Refusal::AccountDisabled(user) => format!("account {user} is disabled"),
+            Refusal::RoleTooLow(role) => format!("role {role} may not open SSH sessions"),
+            Refusal::NotFoundOrForbidden(id, true) => format!("task {id} is not theirs to reach"),
+            Refusal::NotFoundOrForbidden(id, false) => format!("task {id} not found"),
+            Refusal::AuthUnsupported(kind) => {
+                format!("auth mode needs a KohakuRiver 1.0 database; this one is {kind}")
+            }
             Refusal::TlsOnPlainPort => {
                 "TLS ClientHello on a plain port (the client should use a TLS port, or no TLS)"
                     .to_owned()
@@ -108,6 +141,14 @@ impl From<Denied> for Refusal {
             Denied::PortOutOfRange(id, port) => Refusal::PortOutOfRange(id, port),
             Denied::Database(e) => Refusal::Database(e),
             Denied::Internal(detail) => Refusal::Internal(detail),
+            Denied::BadToken => Refusal::BadToken,
+            Denied::AccountDisabled(user) => Refusal::AccountDisabled(user),
+            Denied::RoleTooLow(role) => Refusal::RoleTooLow(role),
+            Denied::NotFoundOrForbidden { id, exists } => Refusal::NotFoundOrForbidden(id, exists),
+            Denied::NoSuchName(name) => Refusal::NoSuchName(name),
+            Denied::AmbiguousName(name, count) => Refusal::AmbiguousName(name, count),
+            Denied::NamesUnsupported => Refusal::NamesUnsupported,
+            Denied::AuthUnsupported(kind) => Refusal::AuthUnsupported(kind),
         }
     }
 }

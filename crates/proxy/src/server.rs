@@ -484,7 +484,7 @@ where
             state.stats.changed.notify_one();
             let task = task_id.map(|t| t.to_string()).unwrap_or_default();
             match &refusal {
-                Refusal::Database(_) | Refusal::Internal(_) => {
+                Refusal::Database(_) | Refusal::Internal(_) | Refusal::AuthUnsupported(_) => {
                     warn!(peer = %peer, task_id = %task, reason = %refusal.detail(), "tunnel refused: lookup failed")
                 }
                 _ => {
