@@ -218,12 +218,10 @@ async fn run(
         info!(fingerprint = %cert.fingerprint(), "TLS certificate loaded");
     }
     let acceptor = serving_cert.as_ref().map(tls::ServingCert::acceptor);
-    let state = Arc::new(ProxyState::new(
-        directory,
-        settings.timeouts,
-        settings.limits,
-        acceptor,
-    ));
+    let state = Arc::new(
+        ProxyState::new(directory, settings.timeouts, settings.limits, acceptor)
+            .with_access(settings.access),
+    );
     let shutdown = CancellationToken::new();
     let reporting = CancellationToken::new();
 

@@ -90,6 +90,8 @@ impl std::fmt::Display for SchemaKind {
 /// Where a tunnel for a task goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// The task the route leads to (a name resolves to it).
+    pub task_id: TaskId,
     /// Runner host: an IP address or a name, without brackets.
     pub host: String,
     /// The VPS container's published SSH port on that runner.
@@ -535,7 +537,12 @@ fn evaluate(id: TaskId, row: Option<Row>) -> Result<Route, Denied> {
     let node = node_name.unwrap_or(assigned);
     let host = runner_host(node_url.as_deref().unwrap_or_default())
         .ok_or_else(|| Denied::BadRunnerUrl(node.clone()))?;
-    Ok(Route { host, port, node })
+    Ok(Route {
+        task_id: id,
+        host,
+        port,
+        node,
+    })
 }
 
 /// The host part of a runner URL such as `http://10.0.0.5:8001`, `http://runner-3:8001/`,
@@ -578,6 +585,7 @@ mod tests {
         let directory = TaskDirectory::new(&path);
         let id: TaskId = "7".parse().expect("id");
         let route = Route {
+            task_id: id,
             host: "10.0.0.5".into(),
             port: 2222,
             node: "n1".into(),
@@ -856,6 +864,7 @@ mod tests {
         assert_eq!(
             evaluate(id, ok).ok(),
             Some(Route {
+                task_id: id,
                 host: "10.1.1.1".into(),
                 port: 2222,
                 node: "n1".into()

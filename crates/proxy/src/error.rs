@@ -79,6 +79,15 @@ pub enum Refusal {
     /// Any other connect failure (unreachable, bad port, name resolution).
     #[error("Failed to connect to Runner for task {0}.")]
     ConnectFailed(TaskId),
+    /// `[ssh_proxy.auth] mode = "kohakuriver"` and no token came with the request.
+    #[error("Authentication required: this Host admits KohakuRiver users only. Log in with 'kohakuriver auth login' (hakuriver-ssh reads the token from --token-file, $KOHAKURIVER_TOKEN or ~/.kohakuriver/auth.json) and connect with --tls.")]
+    AuthRequired,
+    /// A token arrived on a plain listener: it crossed the network in clear.
+    #[error("API tokens are accepted only over TLS; connect to this Host's TLS port with --tls (and revoke this token if the network is not trusted).")]
+    TokenOverPlain,
+    /// A name or LIST request while neither auth nor `allow_listing` is on.
+    #[error("Task names and lists are not enabled on this Host; use the task ID.")]
+    ListingDisabled,
     /// The proxy is at `max_connections`.
     #[error("Too many connections; try again later.")]
     TooManyConnections,
@@ -94,6 +103,51 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Whether this refusal is a failed credential check (unknown, revoked or
+    /// disabled): those spend a second lookup from the client's budget.
+    pub fn is_failed_credential(&self) -> bool {
+        matches!(self, Refusal::BadToken | Refusal::AccountDisabled(_))
+    }
+
+    /// A fixed, bounded name for logs and metrics (never a task ID or an address).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Request(RequestError::InvalidFormat) | Refusal::TlsOnPlainPort => {
+                "bad_request"
+            }
+            Refusal::Request(RequestError::InvalidTaskId) => "bad_task_id",
+            Refusal::Request(RequestError::Unreadable) => "unreadable_request",
+            Refusal::Request(RequestError::Timeout) => "request_timeout",
+            Refusal::NotFound(_) => "not_found",
+            Refusal::NotVps(_) => "not_vps",
+            Refusal::Inactive(..) => "inactive",
+            Refusal::NoNode(_) => "no_node",
+            Refusal::NoSshPort(_) | Refusal::PortOutOfRange(..) => "no_ssh_port",
+            Refusal::NodeOffline(_) => "node_offline",
+            Refusal::BadRunnerUrl(_) => "bad_runner_url",
+            Refusal::Database(_) | Refusal::Internal(_) | Refusal::AuthUnsupported(_) => {
+                "database_error"
+            }
+            Refusal::BadToken => "bad_token",
+            Refusal::AccountDisabled(_) => "account_disabled",
+            Refusal::RoleTooLow(_) => "role_too_low",
+            Refusal::NotFoundOrForbidden(..) => "not_found_or_forbidden",
+            Refusal::NoSuchName(_) => "no_such_name",
+            Refusal::AmbiguousName(..) => "ambiguous_name",
+            Refusal::NamesUnsupported => "names_unsupported",
+            Refusal::AuthRequired => "auth_required",
+            Refusal::TokenOverPlain => "token_over_plain",
+            Refusal::ListingDisabled => "listing_disabled",
+            Refusal::ConnectTimeout(_) => "runner_timeout",
+            Refusal::ConnectRefused(..) => "runner_refused",
+            Refusal::ConnectFailed(_) => "runner_unreachable",
+            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::TooManyLookups => "too_many_lookups",
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::TooManyFromPeer => "too_many_from_address",
+        }
+    }
+
     /// The full cause chain, for the log.
     pub fn detail(&self) -> String {
         match self {

@@ -11,6 +11,7 @@
 //!   with command-line overrides into [`config::Settings`].
 //! - [`listener`]: binding the configured addresses, or adopting systemd's sockets.
 //! - [`directory`]: [`directory::TaskDirectory`], read-only lookups in HakuRiver's DB.
+//! - `access`: who may ask for what under `[ssh_proxy.auth]` (tokens, names, LIST).
 //! - [`error`]: [`error::Refusal`], whose `Display` is the wire text after `ERROR `.
 //! - [`server`]: [`server::serve`], accept loops, the per-connection handler, drain.
 //! - [`tls`]: the serving certificate (files or self-signed) and SIGHUP reload.
@@ -18,6 +19,7 @@
 //! - [`logging`]: text, JSON or journald output.
 //! - [`cli`]: the command line and the `serve`, `check`, `fingerprint`, `health` commands.
 
+pub(crate) mod access;
 pub mod cli;
 pub mod config;
 pub mod directory;

@@ -12,17 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hakuriver_tunnel::protocol::{self, Line, Response, MAX_REQUEST_LINE, SUCCESS_LINE};
+use hakuriver_tunnel::protocol::{AnyRequest, Handshake, Response};
 use hakuriver_tunnel::relay::{RelayOutcome, RelayStats};
-use hakuriver_tunnel::{net::tune_tcp, relay, Request, RequestError, TaskId};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use hakuriver_tunnel::{net::tune_tcp, relay, RequestError, TaskId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::{Limits, Timeouts};
+use crate::access::{self, Answer};
+use crate::config::{Access, Limits, Timeouts};
 use crate::directory::{Route, TaskDirectory};
 use crate::error::Refusal;
 
@@ -78,6 +79,8 @@ pub struct ProxyState {
     pub tls: Option<TlsAcceptor>,
     /// Counters.
     pub stats: Stats,
+    /// `[ssh_proxy.auth]` and `allow_listing`.
+    pub access: Access,
     connections: Mutex<Connections>,
     lookups: Mutex<HashMap<IpAddr, Bucket>>,
 }
@@ -122,9 +125,16 @@ impl ProxyState {
             limits,
             tls,
             stats: Stats::default(),
+            access: Access::default(),
             connections: Mutex::new(Connections::default()),
             lookups: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same state with these access settings (auth mode, listing).
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
     }
 
     /// Whether `ip` may connect at all (`allowed_clients`).
@@ -138,7 +148,7 @@ impl ProxyState {
     }
 
     /// Takes one lookup from `ip`'s bucket, or refuses when it is empty.
-    fn take_lookup(&self, ip: IpAddr) -> Result<(), Refusal> {
+    pub(crate) fn take_lookup(&self, ip: IpAddr) -> Result<(), Refusal> {
         let per_minute = self.limits.lookups_per_minute_per_ip;
         if per_minute == 0 {
             return Ok(());
@@ -339,7 +349,7 @@ impl Connection {
         // from the listener (set in `serve`).
         if !tls {
             let opened = tokio::select! {
-                opened = open(&self.slot.state, stream, self.peer) => opened,
+                opened = open(&self.slot.state, stream, self.peer, false) => opened,
                 () = self.force.cancelled() => return,
             };
             if let Some(opened) = opened {
@@ -364,7 +374,7 @@ impl Connection {
                 let stream = relay::ReadAhead::new(stream);
                 let handshake = tokio::time::timeout(state.timeouts.tls_handshake, acceptor.accept(stream));
                 match handshake.await {
-                    Ok(Ok(stream)) => open(state, stream, peer).await,
+                    Ok(Ok(stream)) => open(state, stream, peer, true).await,
                     Ok(Err(e)) => {
                         state.stats.refused.fetch_add(1, Ordering::Relaxed);
                         warn!(peer = %peer, error = %e, "TLS handshake failed");
@@ -435,6 +445,7 @@ impl Connection {
                         task_id = %task_id,
                         peer = %peer,
                         runner = %runner,
+                        user = opened.user.as_deref(),
                         bytes_up = outcome.stats.a_to_b,
                         bytes_down = outcome.stats.b_to_a,
                         duration_ms,
@@ -443,7 +454,7 @@ impl Connection {
                     );
                 }
                 None => {
-                    info!(task_id = %task_id, peer = %peer, runner = %runner, duration_ms, "tunnel cut at shutdown")
+                    info!(task_id = %task_id, peer = %peer, runner = %runner, user = opened.user.as_deref(), duration_ms, "tunnel cut at shutdown")
                 }
             }
         }
@@ -459,44 +470,74 @@ struct Opened<S> {
     task_id: TaskId,
     /// The runner's address, for the log lines.
     runner_addr: String,
+    /// The KohakuRiver user (auth mode), for the log lines.
+    user: Option<Box<str>>,
 }
 
-/// Reads the request, looks the task up, connects to its runner and answers `SUCCESS`;
-/// or answers `ERROR <message>` and returns `None`.
-async fn open<S>(state: &ProxyState, stream: S, peer: SocketAddr) -> Option<Opened<S>>
+/// Reads the request, decides it (see [`crate::access`]), connects to the runner and
+/// answers `SUCCESS`; or answers `ERROR <message>` (or a LIST) and returns `None`.
+async fn open<S>(state: &ProxyState, stream: S, peer: SocketAddr, tls: bool) -> Option<Opened<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut client = BufReader::with_capacity(MAX_REQUEST_LINE, stream);
-    let mut task_id = None;
+    let mut client = Handshake::new(stream);
+    let mut target = None;
+    let mut user = None;
     let opened = async {
         let request = read_request(&mut client, state.timeouts.request).await?;
-        task_id = Some(request.task_id);
-        state.take_lookup(peer.ip())?;
-        let route = state.directory.lookup_async(request.task_id).await?;
-        let runner = connect_runner(&route, request.task_id, state.timeouts.connect).await?;
-        Ok::<_, Refusal>((request.task_id, route, runner))
+        target = request.target();
+        let answer = access::decide(
+            &state.directory,
+            state.access,
+            &request,
+            access::Client { ip: peer.ip(), tls },
+            &mut user,
+            |ip| state.take_lookup(ip),
+        )
+        .await?;
+        match answer {
+            Answer::Tunnel(route) => {
+                let runner = connect_runner(&route, state.timeouts.connect).await?;
+                Ok::<_, Refusal>(Some((route, runner)))
+            }
+            Answer::List(list) => {
+                info!(peer = %peer, user = user.as_deref(), tasks = list.tasks.len(), "task list sent");
+                let sent = async {
+                    client.write_response(&Response::Success).await?;
+                    client.write_line(&list.encode()).await?;
+                    client.stream_mut().shutdown().await
+                };
+                if let Err(e) = sent.await {
+                    debug!(peer = %peer, error = %e, "client left during the task list");
+                }
+                Ok(None)
+            }
+        }
     };
-    let (task_id, route, runner) = match opened.await {
-        Ok(opened) => opened,
+    let (route, runner) = match opened.await {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return None,
         Err(refusal) => {
             state.stats.refused.fetch_add(1, Ordering::Relaxed);
             state.stats.changed.notify_one();
-            let task = task_id.map(|t| t.to_string()).unwrap_or_default();
+            let task = target.map(|t| t.to_string()).unwrap_or_default();
+            let user = user.as_deref();
             match &refusal {
                 Refusal::Database(_) | Refusal::Internal(_) | Refusal::AuthUnsupported(_) => {
-                    warn!(peer = %peer, task_id = %task, reason = %refusal.detail(), "tunnel refused: lookup failed")
+                    warn!(peer = %peer, task_id = %task, user, reason = %refusal.detail(), "tunnel refused: lookup failed")
                 }
                 _ => {
-                    info!(peer = %peer, task_id = %task, reason = %refusal.detail(), "tunnel refused")
+                    info!(peer = %peer, task_id = %task, user, reason = %refusal.detail(), "tunnel refused")
                 }
             }
             let _ =
-                tokio::time::timeout(REFUSAL_LINGER, write_refusal(&mut client, &refusal)).await;
+                tokio::time::timeout(REFUSAL_LINGER, write_refusal(client.stream_mut(), &refusal))
+                    .await;
             return None;
         }
     };
-    if let Err(e) = write_success(&mut client).await {
+    let task_id = route.task_id;
+    if let Err(e) = client.write_response(&Response::Success).await {
         info!(peer = %peer, task_id = %task_id, error = %e, "client left before SUCCESS");
         return None;
     }
@@ -504,16 +545,18 @@ where
     state.stats.open.fetch_add(1, Ordering::Relaxed);
     state.stats.opened.fetch_add(1, Ordering::Relaxed);
     state.stats.changed.notify_one();
-    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, "tunnel opened");
+    // `user` is recorded only when there is one (auth mode).
+    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, user = user.as_deref(), "tunnel opened");
     // Whatever the client pipelined behind its request line goes to the runner first;
     // the request buffer itself is freed here, before the tunnel idles for hours.
-    let pending = client.buffer().to_vec();
+    let (client, pending) = client.into_parts();
     Some(Opened {
-        client: client.into_inner(),
+        client,
         pending,
         runner,
         task_id,
         runner_addr,
+        user: user.map(String::into_boxed_str),
     })
 }
 
@@ -635,35 +678,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
 /// First byte of a TLS handshake record: a TLS client on a plain port.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// Reads and parses the request line under `timeout`.
-pub async fn read_request<R>(reader: &mut R, timeout: Duration) -> Result<Request, Refusal>
+/// Reads and parses the request line (either form) under `timeout`.
+async fn read_request<S>(
+    client: &mut Handshake<S>,
+    timeout: Duration,
+) -> Result<AnyRequest, Refusal>
 where
-    R: tokio::io::AsyncBufRead + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let read = async {
         // A ClientHello has no newline to wait for: recognise it by its first byte.
-        if reader.fill_buf().await?.first() == Some(&TLS_HANDSHAKE_RECORD) {
-            return Ok(None);
+        if client.peek_first_byte().await.ok().flatten() == Some(TLS_HANDSHAKE_RECORD) {
+            return Err(Refusal::TlsOnPlainPort);
         }
-        protocol::read_line(reader, MAX_REQUEST_LINE)
-            .await
-            .map(Some)
+        Ok(client.read_request().await?)
     };
     match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(RequestError::Timeout.into()),
-        Ok(Ok(None)) => Err(Refusal::TlsOnPlainPort),
-        Ok(Err(_)) | Ok(Ok(Some(Line::Eof(_)))) | Ok(Ok(Some(Line::TooLong))) => {
-            Err(RequestError::Unreadable.into())
-        }
-        Ok(Ok(Some(Line::Complete(line)))) => Ok(protocol::parse_request(&line)?),
+        Ok(result) => result,
     }
 }
 
-async fn connect_runner(
-    route: &Route,
-    id: TaskId,
-    timeout: Duration,
-) -> Result<TcpStream, Refusal> {
+async fn connect_runner(route: &Route, timeout: Duration) -> Result<TcpStream, Refusal> {
+    let id = route.task_id;
     let target = (route.host.as_str(), route.port);
     match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
         Err(_) => Err(Refusal::ConnectTimeout(id)),
@@ -681,11 +718,6 @@ async fn connect_runner(
             Err(Refusal::ConnectFailed(id))
         }
     }
-}
-
-async fn write_success<S: AsyncWrite + Unpin>(stream: &mut S) -> io::Result<()> {
-    stream.write_all(SUCCESS_LINE).await?;
-    stream.flush().await
 }
 
 /// Sends `ERROR <message>\n`, half-closes, and reads what the client still sends until
@@ -758,6 +790,7 @@ mod tests {
             runner,
             task_id: "1".parse().expect("id"),
             runner_addr: String::new(),
+            user: None,
         };
         let relaying_size = std::mem::size_of_val(&connection().relaying(opened));
         let splice_size = std::mem::size_of_val(&relay::relay_tcp(&mut a, &[], &mut b));
