@@ -10,7 +10,9 @@
 //! - [`config`]: HakuRiver's Host `config.toml` plus our `[ssh_proxy]` section, resolved
 //!   with command-line overrides into [`config::Settings`].
 //! - [`listener`]: binding the configured addresses, or adopting systemd's sockets.
-//! - [`directory`]: [`directory::TaskDirectory`], read-only lookups in HakuRiver's DB.
+//! - [`directory`]: [`directory::TaskDirectory`], read-only lookups in HakuRiver's or
+//!   KohakuRiver's DB (schema detected per file), and KohakuRiver 1.0's users, tokens and
+//!   per-VPS access rule.
 //! - `access`: who may ask for what under `[ssh_proxy.auth]` (tokens, names, LIST).
 //! - [`error`]: [`error::Refusal`], whose `Display` is the wire text after `ERROR `.
 //! - [`server`]: [`server::serve`], accept loops, the per-connection handler, drain.

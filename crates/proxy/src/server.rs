@@ -445,7 +445,7 @@ impl Connection {
                         task_id = %task_id,
                         peer = %peer,
                         runner = %runner,
-                        user = opened.user.as_deref(),
+                        user = opened.user.as_deref().map(tracing::field::display),
                         bytes_up = outcome.stats.a_to_b,
                         bytes_down = outcome.stats.b_to_a,
                         duration_ms,
@@ -454,7 +454,7 @@ impl Connection {
                     );
                 }
                 None => {
-                    info!(task_id = %task_id, peer = %peer, runner = %runner, user = opened.user.as_deref(), duration_ms, "tunnel cut at shutdown")
+                    info!(task_id = %task_id, peer = %peer, runner = %runner, user = opened.user.as_deref().map(tracing::field::display), duration_ms, "tunnel cut at shutdown")
                 }
             }
         }
@@ -501,7 +501,7 @@ where
                 Ok::<_, Refusal>(Some((route, runner)))
             }
             Answer::List(list) => {
-                info!(peer = %peer, user = user.as_deref(), tasks = list.tasks.len(), "task list sent");
+                info!(peer = %peer, user = user.as_deref().map(tracing::field::display), tasks = list.tasks.len(), "task list sent");
                 let sent = async {
                     client.write_response(&Response::Success).await?;
                     client.write_line(&list.encode()).await?;
@@ -524,10 +524,10 @@ where
             let user = user.as_deref();
             match &refusal {
                 Refusal::Database(_) | Refusal::Internal(_) | Refusal::AuthUnsupported(_) => {
-                    warn!(peer = %peer, task_id = %task, user, reason = %refusal.detail(), "tunnel refused: lookup failed")
+                    warn!(peer = %peer, task_id = %task, user = user.map(tracing::field::display), reason = %refusal.detail(), "tunnel refused: lookup failed")
                 }
                 _ => {
-                    info!(peer = %peer, task_id = %task, user, reason = %refusal.detail(), "tunnel refused")
+                    info!(peer = %peer, task_id = %task, user = user.map(tracing::field::display), reason = %refusal.detail(), "tunnel refused")
                 }
             }
             let _ =
@@ -546,7 +546,7 @@ where
     state.stats.opened.fetch_add(1, Ordering::Relaxed);
     state.stats.changed.notify_one();
     // `user` is recorded only when there is one (auth mode).
-    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, user = user.as_deref(), "tunnel opened");
+    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, user = user.as_deref().map(tracing::field::display), "tunnel opened");
     // Whatever the client pipelined behind its request line goes to the runner first;
     // the request buffer itself is freed here, before the tunnel idles for hours.
     let (client, pending) = client.into_parts();
