@@ -140,7 +140,12 @@ impl World {
             .lines()
             .find(|l| l.starts_with("Proxy Error: "))
             .unwrap_or_else(|| panic!("no Proxy Error line\n{}", self.context(out)));
-        assert_eq!(line, format!("Proxy Error: {expected}"), "{}", self.context(out));
+        assert_eq!(
+            line,
+            format!("Proxy Error: {expected}"),
+            "{}",
+            self.context(out)
+        );
         assert_eq!(self.ssh_runs(), 0, "ssh was started\n{}", self.context(out));
         assert_no_token(&stderr);
     }
@@ -182,7 +187,10 @@ fn assert_no_token(log: &str) {
     ] {
         assert!(!log.contains(token), "a token in the log:\n{log}");
         // Not its tail either (a log that cut it short would still leak most of it).
-        assert!(!log.contains(&token[token.len() - 16..]), "a token's tail in the log:\n{log}");
+        assert!(
+            !log.contains(&token[token.len() - 16..]),
+            "a token's tail in the log:\n{log}"
+        );
     }
 }
 
@@ -198,7 +206,12 @@ fn owner_assigned_operator_and_admin_each_get_a_session() {
     ] {
         let out = w.session(Some(token), &task, &format!("echo hello {user}; exit 3"));
         assert_eq!(out.status.code(), Some(3), "{user}: {}", w.context(&out));
-        assert_eq!(text(&out.stdout), format!("hello {user}\n"), "{}", w.context(&out));
+        assert_eq!(
+            text(&out.stdout),
+            format!("hello {user}\n"),
+            "{}",
+            w.context(&out)
+        );
         assert_no_token(&text(&out.stderr));
         w.proxy
             .wait_for_log(&format!("user={user}"), FAIL_TIMEOUT)
@@ -207,7 +220,8 @@ fn owner_assigned_operator_and_admin_each_get_a_session() {
     let log = w.proxy.logs();
     assert!(log.contains("tunnel opened"), "{log}");
     assert!(
-        log.lines().any(|l| l.contains("tunnel closed") && l.contains("user=ada")),
+        log.lines()
+            .any(|l| l.contains("tunnel closed") && l.contains("user=ada")),
         "{log}"
     );
     assert_no_token(&log);
@@ -255,7 +269,8 @@ fn every_refusal_is_one_line_exit_255_and_ssh_never_runs() {
     // The proxy logged each refusal with its reason (and the user once it was known).
     let log = w.proxy.logs();
     assert!(
-        log.lines().any(|l| l.contains("tunnel refused") && l.contains("user=otto")),
+        log.lines()
+            .any(|l| l.contains("tunnel refused") && l.contains("user=otto")),
         "{log}"
     );
     assert!(log.contains("API token unknown or revoked"), "{log}");
@@ -293,7 +308,11 @@ fn a_plain_listener_refuses_and_the_client_never_sends_the_token_there() {
     let mut sock = hakuriver_ssh_tests::connect(plain).unwrap();
     std::io::Write::write_all(
         &mut sock,
-        format!("HAKURIVER_SSH/1 TUNNEL task={TASK_OK} token={}\n", tokens::OWNER).as_bytes(),
+        format!(
+            "HAKURIVER_SSH/1 TUNNEL task={TASK_OK} token={}\n",
+            tokens::OWNER
+        )
+        .as_bytes(),
     )
     .unwrap();
     let reply = hakuriver_ssh_tests::read_line(&mut sock).unwrap();
@@ -328,7 +347,12 @@ fn hakurivers_python_client_gets_a_clear_refusal() {
 fn names_and_list_show_only_what_the_user_may_reach() {
     let w = World::start();
     let list = |token: &str| -> Vec<serde_json::Value> {
-        let out = run(&mut w.client(Some(token), &["list", "--json"]), b"", FAIL_TIMEOUT).unwrap();
+        let out = run(
+            &mut w.client(Some(token), &["list", "--json"]),
+            b"",
+            FAIL_TIMEOUT,
+        )
+        .unwrap();
         assert!(out.status.success(), "{}", w.context(&out));
         assert_no_token(&text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", w.context(&out)))
@@ -341,17 +365,37 @@ fn names_and_list_show_only_what_the_user_may_reach() {
     };
     let owner = ids(&list(tokens::OWNER));
     assert!(owner.contains(&TASK_OK.to_string()), "{owner:?}");
-    assert!(owner.contains(&kohaku::TASK_TWIN_A.to_string()), "{owner:?}");
-    assert!(!owner.contains(&kohaku::TASK_OTHERS.to_string()), "{owner:?}");
-    assert!(!owner.contains(&kohaku::TASK_UNOWNED.to_string()), "{owner:?}");
+    assert!(
+        owner.contains(&kohaku::TASK_TWIN_A.to_string()),
+        "{owner:?}"
+    );
+    assert!(
+        !owner.contains(&kohaku::TASK_OTHERS.to_string()),
+        "{owner:?}"
+    );
+    assert!(
+        !owner.contains(&kohaku::TASK_UNOWNED.to_string()),
+        "{owner:?}"
+    );
     let other = ids(&list(tokens::OTHER));
     assert!(!other.contains(&TASK_OK.to_string()), "{other:?}");
-    assert!(other.contains(&kohaku::TASK_OTHERS.to_string()), "{other:?}");
+    assert!(
+        other.contains(&kohaku::TASK_OTHERS.to_string()),
+        "{other:?}"
+    );
     let operator = ids(&list(tokens::OPERATOR));
-    assert!(operator.contains(&kohaku::TASK_UNOWNED.to_string()), "{operator:?}");
+    assert!(
+        operator.contains(&kohaku::TASK_UNOWNED.to_string()),
+        "{operator:?}"
+    );
 
     // The table form, for people.
-    let out = run(&mut w.client(Some(tokens::OWNER), &["list"]), b"", FAIL_TIMEOUT).unwrap();
+    let out = run(
+        &mut w.client(Some(tokens::OWNER), &["list"]),
+        b"",
+        FAIL_TIMEOUT,
+    )
+    .unwrap();
     let table = text(&out.stdout);
     assert!(table.starts_with("TASK ID"), "{table}");
     assert!(table.contains(kohaku::NAME_UNIQUE), "{table}");
@@ -360,6 +404,8 @@ fn names_and_list_show_only_what_the_user_may_reach() {
     let out = w.session(Some(tokens::OWNER), kohaku::NAME_UNIQUE, "echo by name");
     assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
     assert_eq!(text(&out.stdout), "by name\n");
+    // That run started ssh; the refusals below must not.
+    fs::remove_file(w.path("ssh-ran")).unwrap();
     w.assert_refused(
         &w.session(Some(tokens::OWNER), kohaku::NAME_TWIN, "true"),
         &format!(
@@ -379,11 +425,17 @@ fn names_and_list_show_only_what_the_user_may_reach() {
 #[test]
 fn names_and_lists_are_refused_without_auth_or_allow_listing() {
     let w = World::start_with("");
-    let out = run(&mut w.client(Some(tokens::OWNER), &["list"]), b"", FAIL_TIMEOUT).unwrap();
+    let out = run(
+        &mut w.client(Some(tokens::OWNER), &["list"]),
+        b"",
+        FAIL_TIMEOUT,
+    )
+    .unwrap();
     assert_eq!(out.status.code(), Some(255), "{}", w.context(&out));
     assert!(
-        text(&out.stderr)
-            .contains("Proxy Error: Task names and lists are not enabled on this Host; use the task ID."),
+        text(&out.stderr).contains(
+            "Proxy Error: Task names and lists are not enabled on this Host; use the task ID."
+        ),
         "{}",
         w.context(&out)
     );
@@ -393,9 +445,19 @@ fn names_and_lists_are_refused_without_auth_or_allow_listing() {
 
     // allow_listing: every VPS task is listed, to anyone.
     let w = World::start_with("[ssh_proxy]\nallow_listing = true\n");
-    let out = run(&mut w.client(Some(tokens::OTHER), &["list", "--json"]), b"", FAIL_TIMEOUT).unwrap();
+    let out = run(
+        &mut w.client(Some(tokens::OTHER), &["list", "--json"]),
+        b"",
+        FAIL_TIMEOUT,
+    )
+    .unwrap();
     assert!(out.status.success(), "{}", w.context(&out));
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(listed.iter().any(|t| t["task_id"] == TASK_OK.to_string()), "{listed:?}");
-    assert!(listed.iter().any(|t| t["task_id"] == kohaku::TASK_UNOWNED.to_string()));
+    assert!(
+        listed.iter().any(|t| t["task_id"] == TASK_OK.to_string()),
+        "{listed:?}"
+    );
+    assert!(listed
+        .iter()
+        .any(|t| t["task_id"] == kohaku::TASK_UNOWNED.to_string()));
 }
