@@ -461,3 +461,105 @@ fn names_and_lists_are_refused_without_auth_or_allow_listing() {
         .iter()
         .any(|t| t["task_id"] == kohaku::TASK_UNOWNED.to_string()));
 }
+
+#[test]
+fn ssh_config_and_stdio_work_with_auth_and_names() {
+    let w = World::start();
+    // The token in a file named on the command line: the ssh-config block carries the
+    // path (never the token) into the ProxyCommand.
+    let token_file = w.path("token");
+    fs::write(&token_file, format!("{}\n", tokens::OWNER)).unwrap();
+    let token_path = token_file.display().to_string();
+    let out = run(
+        &mut w.client(None, &["--token-file", &token_path, "ssh-config"]),
+        b"",
+        FAIL_TIMEOUT,
+    )
+    .unwrap();
+    assert!(out.status.success(), "{}", w.context(&out));
+    let block = text(&out.stdout);
+    assert!(block.contains("--token-file"), "{block}");
+    assert!(!block.contains(tokens::OWNER), "{block}");
+    let config = w.path("ssh_config");
+    fs::write(
+        &config,
+        format!(
+            "{block}\nHost *\n    IdentityFile {key}\n    IdentitiesOnly yes\n    \
+             UserKnownHostsFile {kh}\n    StrictHostKeyChecking accept-new\n    \
+             BatchMode yes\n    LogLevel ERROR\n    ConnectTimeout 20\n",
+            key = w.sshd.client_key_path().display(),
+            kh = w.path("known_hosts").display()
+        ),
+    )
+    .unwrap();
+    for host in [
+        format!("hakuriver-{TASK_OK}"),
+        format!("hakuriver-{}", kohaku::NAME_UNIQUE),
+    ] {
+        let mut ssh = Command::new("/usr/bin/ssh");
+        ssh.env("HOME", w.home.path())
+            .env_remove("KOHAKURIVER_TOKEN")
+            .arg("-F")
+            .arg(&config)
+            .arg(&host)
+            .arg("echo via proxycommand");
+        let out = run(&mut ssh, b"", SSH_TIMEOUT).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{host}: {}", w.context(&out));
+        assert_eq!(text(&out.stdout), "via proxycommand\n");
+    }
+    // Another user's VPS by name, in ProxyCommand mode: one line, ssh's 255.
+    let mut ssh = Command::new("/usr/bin/ssh");
+    ssh.env("HOME", w.home.path())
+        .arg("-F")
+        .arg(&config)
+        .arg(format!("hakuriver-{}", kohaku::NAME_OTHERS))
+        .arg("true");
+    let out = run(&mut ssh, b"", SSH_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", w.context(&out));
+    assert!(
+        text(&out.stderr).contains("Proxy Error: No VPS named"),
+        "{}",
+        w.context(&out)
+    );
+    // The token never reached a process argument of ssh or of the ProxyCommand.
+    assert_no_token(&block);
+    assert_no_token(&w.proxy.logs());
+}
+
+#[test]
+fn kohakurivers_own_client_environment_and_auth_json_are_enough() {
+    let w = World::start();
+    // No HakuRiver config at all: KohakuRiver's variables name the Host and port, and
+    // the token comes from ~/.kohakuriver/auth.json as `kohakuriver auth login` writes it.
+    let home = tempfile::tempdir().unwrap();
+    fs::create_dir(home.path().join(".kohakuriver")).unwrap();
+    fs::write(
+        home.path().join(".kohakuriver/auth.json"),
+        format!(
+            "{{\n  \"token\": \"{}\",\n  \"token_id\": 1,\n  \"username\": \"{}\",\n  \"role\": \"user\"\n}}",
+            tokens::ASSIGNED,
+            users::ASSIGNED
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin_path("hakuriver-ssh"));
+    cmd.env_remove("HAKURIVER_CONFIG")
+        .env_remove("KOHAKURIVER_TOKEN")
+        .env("HOME", home.path())
+        .env("KOHAKURIVER_HOST", "127.0.0.1")
+        .env(
+            "KOHAKURIVER_SSH_PROXY_PORT",
+            w.proxy.tls_addr().port().to_string(),
+        )
+        .args(["-vv", "--tls", "--fingerprint", &w.fingerprint])
+        .arg(TASK_OK.to_string())
+        .args(w.sshd.ssh_opts())
+        .arg("echo from auth.json");
+    let out = run(&mut cmd, b"", SSH_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", w.context(&out));
+    assert_eq!(text(&out.stdout), "from auth.json\n");
+    assert_no_token(&text(&out.stderr));
+    w.proxy
+        .wait_for_log(&format!("user={}", users::ASSIGNED), FAIL_TIMEOUT)
+        .unwrap();
+}
