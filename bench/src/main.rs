@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use hakuriver_ssh_tests::process::{LogBuffer, Process};
 use hakuriver_ssh_tests::proxy::Proxy;
-use hakuriver_ssh_tests::{HakuDb, PyHostProxy, Sshd};
+use hakuriver_ssh_tests::{HakuDb, PyHostProxy, Schema, SqlDb, Sshd};
 use hakuriver_tunnel::relay::ReadAhead;
 use hakuriver_tunnel::tls::{client_config, ClientTrust, Fingerprint};
 use serde_json::json;
@@ -760,6 +760,9 @@ struct Args {
     skip: Vec<String>,
     proxy_bin: PathBuf,
     client_bin: PathBuf,
+    /// The database kind the proxies read: `hakuriver` (0.3.0, written by its models),
+    /// `kohakuriver-0.4` or `kohakuriver-1.0` (our SQL from KohakuRiver's DDL).
+    schema: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -780,6 +783,7 @@ fn parse_args() -> Result<Args> {
         skip: Vec::new(),
         proxy_bin: exe_dir.join("hakuriver-ssh-proxy"),
         client_bin: exe_dir.join("hakuriver-ssh"),
+        schema: "hakuriver".to_owned(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -795,10 +799,52 @@ fn parse_args() -> Result<Args> {
             "--skip" => a.skip = v.split(',').map(String::from).collect(),
             "--proxy-bin" => a.proxy_bin = v.into(),
             "--client-bin" => a.client_bin = v.into(),
+            "--schema" => a.schema = v,
             _ => bail!("unknown flag {flag}"),
         }
     }
     Ok(a)
+}
+
+/// The database every proxy reads: task [`TASK_RUNNER`] on the bench runner and
+/// [`TASK_SSHD`] on the real sshd, both running VPS tasks on an online node.
+enum BenchDb {
+    /// HakuRiver 0.3.0's tables, written by its own models.
+    HakuRiver(HakuDb),
+    /// KohakuRiver's tables, from our SQL.
+    Kohaku(SqlDb),
+}
+
+impl BenchDb {
+    fn create(schema: &str, runner_port: u16, sshd_port: u16) -> Result<BenchDb> {
+        let kind = match schema {
+            "hakuriver" => {
+                return Ok(BenchDb::HakuRiver(HakuDb::create(&json!({
+                    "nodes": [{"hostname": "n1", "url": "http://127.0.0.1:8001", "status": "online"}],
+                    "tasks": [
+                        {"task_id": TASK_RUNNER, "task_type": "vps", "status": "running", "assigned_node": "n1", "ssh_port": runner_port},
+                        {"task_id": TASK_SSHD, "task_type": "vps", "status": "running", "assigned_node": "n1", "ssh_port": sshd_port},
+                    ],
+                }))?))
+            }
+            "kohakuriver-0.4" => Schema::Kohaku04,
+            "kohakuriver-1.0" => Schema::Kohaku10,
+            other => bail!("--schema {other}: expected hakuriver, kohakuriver-0.4 or kohakuriver-1.0"),
+        };
+        let db = SqlDb::create(kind)?;
+        db.add_node("n1", "http://127.0.0.1:8001", "online")?;
+        for (id, port) in [(TASK_RUNNER, runner_port), (TASK_SSHD, sshd_port)] {
+            db.add_vps(id, None, None, "running", Some("n1"), Some(i64::from(port)))?;
+        }
+        Ok(BenchDb::Kohaku(db))
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            BenchDb::HakuRiver(db) => db.path(),
+            BenchDb::Kohaku(db) => db.path(),
+        }
+    }
 }
 
 /// Results by (row, target).
@@ -824,13 +870,7 @@ async fn main() -> Result<()> {
         .tempdir()?;
     let runner = Runner::start().await?;
     let sshd = Sshd::start()?;
-    let db = HakuDb::create(&json!({
-        "nodes": [{"hostname": "n1", "url": "http://127.0.0.1:8001", "status": "online"}],
-        "tasks": [
-            {"task_id": TASK_RUNNER, "task_type": "vps", "status": "running", "assigned_node": "n1", "ssh_port": runner.addr.port()},
-            {"task_id": TASK_SSHD, "task_type": "vps", "status": "running", "assigned_node": "n1", "ssh_port": sshd.port()},
-        ],
-    }))?;
+    let db = BenchDb::create(&args.schema, runner.addr.port(), sshd.port())?;
 
     let mut targets = Vec::new();
     let mut keep = Vec::new();
@@ -1046,6 +1086,7 @@ async fn main() -> Result<()> {
     }
 
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    println!("database: {}\n", args.schema);
     println!("| workload | {} |", names.join(" | "));
     println!("|---|{}", "---|".repeat(names.len()));
     for (i, row) in rows.iter().enumerate() {
