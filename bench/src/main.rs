@@ -829,7 +829,9 @@ impl BenchDb {
             }
             "kohakuriver-0.4" => Schema::Kohaku04,
             "kohakuriver-1.0" => Schema::Kohaku10,
-            other => bail!("--schema {other}: expected hakuriver, kohakuriver-0.4 or kohakuriver-1.0"),
+            other => {
+                bail!("--schema {other}: expected hakuriver, kohakuriver-0.4 or kohakuriver-1.0")
+            }
         };
         let db = SqlDb::create(kind)?;
         db.add_node("n1", "http://127.0.0.1:8001", "online")?;

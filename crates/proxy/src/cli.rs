@@ -193,12 +193,16 @@ async fn run(
     for bound in sockets {
         let addr = bound.local_addr()?;
         let tcp = tokio::net::TcpListener::from_std(bound.socket)?;
-        let transport = if bound.tls { "tls" } else { "plain" };
-        info!(addr = %addr, transport = %transport, "listening");
-        listeners.push(Listener {
-            tcp,
-            tls: bound.tls,
-        });
+        let listener = if bound.tls {
+            let Some(cert) = &serving_cert else {
+                anyhow::bail!("{addr}: a TLS listener without a TLS certificate");
+            };
+            Listener::tls(tcp, cert.acceptor())
+        } else {
+            Listener::plain(tcp)
+        };
+        info!(addr = %addr, transport = %listener.kind.name(), "listening");
+        listeners.push(listener);
     }
     let directory = TaskDirectory::new(&settings.db_path);
     let first_check = {
@@ -217,10 +221,8 @@ async fn run(
     if let Some(cert) = &serving_cert {
         info!(fingerprint = %cert.fingerprint(), "TLS certificate loaded");
     }
-    let acceptor = serving_cert.as_ref().map(tls::ServingCert::acceptor);
     let state = Arc::new(
-        ProxyState::new(directory, settings.timeouts, settings.limits, acceptor)
-            .with_access(settings.access),
+        ProxyState::new(directory, settings.timeouts, settings.limits).with_access(settings.access),
     );
     let shutdown = CancellationToken::new();
     let reporting = CancellationToken::new();

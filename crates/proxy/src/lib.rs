@@ -9,25 +9,32 @@
 //! # Layout
 //! - [`config`]: HakuRiver's Host `config.toml` plus our `[ssh_proxy]` section, resolved
 //!   with command-line overrides into [`config::Settings`].
-//! - [`listener`]: binding the configured addresses, or adopting systemd's sockets.
+//! - `listener`: binding the configured addresses, or adopting systemd's sockets.
 //! - [`directory`]: [`directory::TaskDirectory`], read-only lookups in HakuRiver's or
 //!   KohakuRiver's DB (schema detected per file), and KohakuRiver 1.0's users, tokens and
 //!   per-VPS access rule.
 //! - `access`: who may ask for what under `[ssh_proxy.auth]` (tokens, names, LIST).
 //! - [`error`]: [`error::Refusal`], whose `Display` is the wire text after `ERROR `.
-//! - [`server`]: [`server::serve`], accept loops, the per-connection handler, drain.
-//! - [`tls`]: the serving certificate (files or self-signed) and SIGHUP reload.
-//! - [`notify`]: sd_notify readiness, status, reload, stop and watchdog messages.
-//! - [`logging`]: text, JSON or journald output.
+//! - [`server`]: [`server::serve`], the accept loops, each connection's lifecycle and
+//!   drain, with [`server::Stats`].
+//! - `admission`: the allowlist, connection limits and the per-address lookup bucket.
+//! - `handshake`: request read, lookup, runner connect, `SUCCESS`/`ERROR`.
+//! - `idle`: the relay that ends idle tunnels (`idle_timeout_secs`).
+//! - `tls`: the serving certificate (files or self-signed) and SIGHUP reload.
+//! - `notify`: sd_notify readiness, status, reload, stop and watchdog messages.
+//! - `logging`: text, JSON or journald output.
 //! - [`cli`]: the command line and the `serve`, `check`, `fingerprint`, `health` commands.
 
 pub(crate) mod access;
+mod admission;
 pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod error;
-pub mod listener;
-pub mod logging;
-pub mod notify;
+mod handshake;
+mod idle;
+pub(crate) mod listener;
+pub(crate) mod logging;
+pub(crate) mod notify;
 pub mod server;
-pub mod tls;
+pub(crate) mod tls;

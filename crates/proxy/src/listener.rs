@@ -15,6 +15,7 @@ use crate::config::ListenSpec;
 /// `FileDescriptorName=` that marks a TLS socket.
 pub const TLS_FD_NAME: &str = "tls";
 /// `FileDescriptorName=` for a plain socket (any name but [`TLS_FD_NAME`] is plain).
+#[allow(dead_code)] // the name the shipped socket units use; nothing needs to match it
 pub const PLAIN_FD_NAME: &str = "plain";
 /// Pending-connection queue length for sockets we bind ourselves.
 pub const BACKLOG: i32 = 1024;

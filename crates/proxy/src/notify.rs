@@ -55,7 +55,7 @@ pub async fn report(state: Arc<ProxyState>, stop: CancellationToken) {
     let watchdog = watchdog_interval().map(|every| every / 2);
     let status = async {
         loop {
-            state.stats.changed.notified().await;
+            state.stats.changed().await;
             send(&[NotifyState::Status(&state.stats.summary())]);
             tokio::time::sleep(STATUS_INTERVAL).await;
         }

@@ -1,68 +1,143 @@
-//! Accept loops and the per-connection handler.
+//! Accept loops, the per-connection lifecycle and drain.
 //!
 //! Nothing slow runs on an accept loop: each connection gets its own task, where the
 //! TLS handshake, the request read, the lookup (on the blocking pool) and the runner
-//! connect each run under their own timeout. Shutdown stops the accept loops first,
-//! then lets open tunnels drain for the grace period, then cuts what is left.
+//! connect each run under their own timeout (`handshake`). Shutdown stops the
+//! accept loops first, then lets open tunnels drain for the grace period, then cuts what
+//! is left.
 
-use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hakuriver_tunnel::protocol::{AnyRequest, Handshake, Response};
-use hakuriver_tunnel::relay::{RelayOutcome, RelayStats};
-use hakuriver_tunnel::{net::tune_tcp, relay, RequestError, TaskId};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use hakuriver_tunnel::{net::tune_tcp, relay};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::access::{self, Answer};
+use crate::admission::{Admission, Slot};
 use crate::config::{Access, Limits, Timeouts};
-use crate::directory::{Route, TaskDirectory};
-use crate::error::Refusal;
+use crate::directory::TaskDirectory;
+use crate::handshake::{open_tunnel, write_refusal, Established, REFUSAL_LINGER};
+use crate::idle::relay_until_idle;
 
 /// Pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS) so the loop does not spin
 /// while the process is out of descriptors.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-/// How long a refused client gets to read its `ERROR` line before the socket closes.
-pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// What a listener's connections speak first.
+#[derive(Clone)]
+pub enum ListenerKind {
+    /// The request line straight away.
+    Plain,
+    /// A TLS handshake, then the request line (the acceptor's certificate resolver is
+    /// reloadable).
+    Tls(TlsAcceptor),
+}
+
+impl ListenerKind {
+    /// `plain` or `tls`, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ListenerKind::Plain => "plain",
+            ListenerKind::Tls(_) => "tls",
+        }
+    }
+}
+
+impl std::fmt::Debug for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A bound listening socket and what it speaks.
 #[derive(Debug)]
 pub struct Listener {
     /// The socket.
     pub tcp: TcpListener,
-    /// Whether connections start with a TLS handshake.
-    pub tls: bool,
+    /// Plain or TLS.
+    pub kind: ListenerKind,
 }
 
-/// Counters for logs and `STATUS=`.
+impl Listener {
+    /// A listener for the plain protocol.
+    pub fn plain(tcp: TcpListener) -> Self {
+        Listener {
+            tcp,
+            kind: ListenerKind::Plain,
+        }
+    }
+
+    /// A listener whose connections start with a TLS handshake.
+    pub fn tls(tcp: TcpListener, acceptor: TlsAcceptor) -> Self {
+        Listener {
+            tcp,
+            kind: ListenerKind::Tls(acceptor),
+        }
+    }
+}
+
+/// Counters for logs and `STATUS=`; each change wakes whoever reports status.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Tunnels currently relaying.
-    pub open: AtomicU64,
-    /// Tunnels opened since start.
-    pub opened: AtomicU64,
-    /// Connections refused since start.
-    pub refused: AtomicU64,
-    /// Wakes whoever reports status when a counter changed.
-    pub changed: tokio::sync::Notify,
+    open_tunnels: AtomicU64,
+    tunnels_opened: AtomicU64,
+    refused: AtomicU64,
+    changed: tokio::sync::Notify,
 }
 
 impl Stats {
+    /// A tunnel got its `SUCCESS` and starts relaying.
+    pub fn tunnel_opened(&self) {
+        self.open_tunnels.fetch_add(1, Ordering::Relaxed);
+        self.tunnels_opened.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// A relaying tunnel ended (closed, failed or cut).
+    pub fn tunnel_closed(&self) {
+        self.open_tunnels.fetch_sub(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// A connection was refused: at accept, in the TLS handshake or with an `ERROR` line.
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// Tunnels currently relaying.
+    pub fn open_tunnels(&self) -> u64 {
+        self.open_tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Tunnels opened since start.
+    pub fn tunnels_opened(&self) -> u64 {
+        self.tunnels_opened.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused since start.
+    pub fn refusals(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Waits until a counter changed (at once if one changed since the last wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
     /// One line for `STATUS=` and logs.
     pub fn summary(&self) -> String {
         format!(
             "{} open tunnels, {} opened, {} refused",
-            self.open.load(Ordering::Relaxed),
-            self.opened.load(Ordering::Relaxed),
-            self.refused.load(Ordering::Relaxed)
+            self.open_tunnels(),
+            self.tunnels_opened(),
+            self.refusals()
         )
     }
 }
@@ -73,61 +148,31 @@ pub struct ProxyState {
     pub directory: TaskDirectory,
     /// Per-connection timeouts.
     pub timeouts: Timeouts,
-    /// Connection limits.
-    pub limits: Limits,
-    /// TLS acceptor for TLS listeners (its certificate resolver is reloadable).
-    pub tls: Option<TlsAcceptor>,
     /// Counters.
     pub stats: Stats,
     /// `[ssh_proxy.auth]` and `allow_listing`.
     pub access: Access,
-    connections: Mutex<Connections>,
-    lookups: Mutex<HashMap<IpAddr, Bucket>>,
+    pub(crate) admission: Admission,
 }
-
-/// A token bucket of task lookups for one client address.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-/// Above this many tracked addresses, buckets that have refilled completely are dropped.
-const MAX_TRACKED_ADDRESSES: usize = 4096;
 
 impl std::fmt::Debug for ProxyState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyState")
             .field("directory", &self.directory)
-            .field("tls", &self.tls.is_some())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
-#[derive(Debug, Default)]
-struct Connections {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
 impl ProxyState {
     /// State for [`serve`].
-    pub fn new(
-        directory: TaskDirectory,
-        timeouts: Timeouts,
-        limits: Limits,
-        tls: Option<TlsAcceptor>,
-    ) -> Self {
+    pub fn new(directory: TaskDirectory, timeouts: Timeouts, limits: Limits) -> Self {
         ProxyState {
             directory,
             timeouts,
-            limits,
-            tls,
             stats: Stats::default(),
             access: Access::default(),
-            connections: Mutex::new(Connections::default()),
-            lookups: Mutex::new(HashMap::new()),
+            admission: Admission::new(limits),
         }
     }
 
@@ -135,86 +180,6 @@ impl ProxyState {
     pub fn with_access(mut self, access: Access) -> Self {
         self.access = access;
         self
-    }
-
-    /// Whether `ip` may connect at all (`allowed_clients`).
-    pub fn allowed(&self, ip: IpAddr) -> bool {
-        self.limits.allowed_clients.is_empty()
-            || self
-                .limits
-                .allowed_clients
-                .iter()
-                .any(|net| net.contains(ip))
-    }
-
-    /// Takes one lookup from `ip`'s bucket, or refuses when it is empty.
-    pub(crate) fn take_lookup(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let per_minute = self.limits.lookups_per_minute_per_ip;
-        if per_minute == 0 {
-            return Ok(());
-        }
-        let capacity = f64::from(per_minute);
-        let refill_per_sec = capacity / 60.0;
-        let now = Instant::now();
-        let mut buckets = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_TRACKED_ADDRESSES {
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * refill_per_sec < capacity
-            });
-        }
-        let bucket = buckets.entry(ip.to_canonical()).or_insert(Bucket {
-            tokens: capacity,
-            updated: now,
-        });
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * refill_per_sec).min(capacity);
-        bucket.updated = now;
-        if bucket.tokens < 1.0 {
-            return Err(Refusal::TooManyLookups);
-        }
-        bucket.tokens -= 1.0;
-        Ok(())
-    }
-
-    /// Counts a new connection against the limits, or says which limit it hit.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
-        let mut c = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        if c.total >= self.limits.max_connections {
-            return Err(Refusal::TooManyConnections);
-        }
-        let from_ip = c.per_ip.entry(ip).or_insert(0);
-        if *from_ip >= self.limits.max_connections_per_ip {
-            return Err(Refusal::TooManyFromPeer);
-        }
-        *from_ip += 1;
-        c.total += 1;
-        Ok(Admission {
-            state: Arc::clone(self),
-            ip,
-        })
-    }
-}
-
-/// A connection slot, released on drop.
-struct Admission {
-    state: Arc<ProxyState>,
-    ip: IpAddr,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        let mut c = self
-            .state
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -251,7 +216,7 @@ pub async fn serve(
         let _ = accept_loop.await;
     }
     tracker.close();
-    let open = state.stats.open.load(Ordering::Relaxed);
+    let open = state.stats.open_tunnels();
     if !tracker.is_empty() {
         info!(
             open_tunnels = open,
@@ -295,13 +260,7 @@ async fn accept_loop(
                 }
             }
         };
-        let tls = listener.tls;
-        let admitted = if state.allowed(peer.ip()) {
-            state.admit(peer.ip())
-        } else {
-            Err(Refusal::NotAllowed)
-        };
-        match admitted {
+        match Admission::admit(&state, peer.ip()) {
             Ok(slot) => {
                 let connection = Connection {
                     slot,
@@ -309,12 +268,12 @@ async fn accept_loop(
                     force: force.clone(),
                     tracker: tracker.clone(),
                 };
-                tracker.spawn(connection.run(stream, tls));
+                tracker.spawn(connection.run(stream, listener.kind.clone()));
             }
             Err(refusal) => {
-                state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                state.stats.refused();
                 warn!(peer = %peer, reason = %refusal, "connection refused");
-                if !tls {
+                if let ListenerKind::Plain = listener.kind {
                     tracker.spawn(async move {
                         let mut stream = stream;
                         let _ = tokio::time::timeout(
@@ -331,98 +290,98 @@ async fn accept_loop(
 
 /// One admitted client connection.
 ///
-/// Its first task runs the TLS handshake (on TLS listeners), reads the request, looks
-/// the task up and connects to the runner. An opened tunnel is then relayed by a task of
-/// its own that holds only what relaying needs (the two sockets, the relay's state and
-/// what its log lines name): an SSH session keeps it for hours, thousands at a time.
+/// Its first task runs the TLS handshake (on TLS listeners) and [`open_tunnel`]. An
+/// established tunnel is then relayed by a task of its own that holds only what
+/// relaying needs (the two sockets, the relay's state and what its log lines name): an
+/// SSH session keeps it for hours, thousands at a time.
 struct Connection {
     /// The connection's place in the limits; released when the connection ends.
-    slot: Admission,
+    slot: Slot,
     peer: SocketAddr,
     force: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream, tls: bool) {
+    async fn run(self, stream: TcpStream, kind: ListenerKind) {
         // No socket options to set: accepted sockets inherit TCP_NODELAY and keepalive
         // from the listener (set in `serve`).
-        if !tls {
-            let opened = tokio::select! {
-                opened = open(&self.slot.state, stream, self.peer, false) => opened,
-                () = self.force.cancelled() => return,
-            };
-            if let Some(opened) = opened {
-                self.relay(opened);
+        match kind {
+            ListenerKind::Plain => {
+                let established = tokio::select! {
+                    established = open_tunnel(self.slot.state(), stream, self.peer, false) => established,
+                    () = self.force.cancelled() => return,
+                };
+                if let Some(established) = established {
+                    self.relay(established);
+                }
             }
-            return;
+            // Boxed: the TLS path's state is several times the plain one's.
+            ListenerKind::Tls(acceptor) => Box::pin(self.run_tls(stream, acceptor)).await,
         }
-        // Boxed: the TLS path's state is several times the plain one's.
-        Box::pin(self.run_tls(stream)).await;
     }
 
-    async fn run_tls(self, stream: TcpStream) {
-        let state = &self.slot.state;
+    async fn run_tls(self, stream: TcpStream, acceptor: TlsAcceptor) {
+        let state = self.slot.state();
         let peer = self.peer;
-        let Some(acceptor) = state.tls.clone() else {
-            warn!(peer = %peer, "TLS listener without TLS configuration");
-            return;
-        };
-        let opened = tokio::select! {
-            opened = async {
+        let established = tokio::select! {
+            established = async {
                 // ReadAhead: rustls reads its socket 4 KiB at a time otherwise.
                 let stream = relay::ReadAhead::new(stream);
                 let handshake = tokio::time::timeout(state.timeouts.tls_handshake, acceptor.accept(stream));
                 match handshake.await {
-                    Ok(Ok(stream)) => open(state, stream, peer, true).await,
+                    Ok(Ok(stream)) => open_tunnel(state, stream, peer, true).await,
                     Ok(Err(e)) => {
-                        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        state.stats.refused();
                         warn!(peer = %peer, error = %e, "TLS handshake failed");
                         None
                     }
                     Err(_) => {
-                        state.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        state.stats.refused();
                         warn!(peer = %peer, "TLS handshake timed out");
                         None
                     }
                 }
-            } => opened,
+            } => established,
             () = self.force.cancelled() => return,
         };
-        if let Some(opened) = opened {
-            self.relay(opened);
+        if let Some(established) = established {
+            self.relay(established);
         }
     }
 
-    /// Relays an open tunnel in a task of its own.
-    fn relay<S>(self, opened: Opened<S>)
+    /// Relays an established tunnel in a task of its own.
+    fn relay<S>(self, established: Established<S>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let tracker = self.tracker.clone();
-        tracker.spawn(self.relaying(opened));
+        tracker.spawn(self.relaying(established));
     }
 
     /// Relays until the tunnel ends (or shutdown cuts it), then logs how it went.
-    fn relaying<S>(self, opened: Opened<S>) -> impl std::future::Future<Output = ()> + Send
+    fn relaying<S>(
+        self,
+        established: Established<S>,
+    ) -> impl std::future::Future<Output = ()> + Send
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut opened = opened;
+        let mut tunnel = established;
         // Fields are used in place (not destructured): every binding would be one more
         // slot in this long-lived task's state.
         async move {
-            let state = &self.slot.state;
+            let state = self.slot.state();
             let started = Instant::now();
             let outcome = {
                 let relayed = match state.timeouts.idle {
                     None => {
-                        relay::relay_client(&mut opened.client, &opened.pending, &mut opened.runner)
+                        relay::relay_client(&mut tunnel.client, &tunnel.pending, &mut tunnel.runner)
                     }
                     Some(idle) => Box::pin(relay_until_idle(
-                        &mut opened.client,
-                        &opened.pending,
-                        &mut opened.runner,
+                        &mut tunnel.client,
+                        &tunnel.pending,
+                        &mut tunnel.runner,
                         idle,
                     )),
                 };
@@ -431,10 +390,9 @@ impl Connection {
                     () = self.force.cancelled() => None,
                 }
             };
-            state.stats.open.fetch_sub(1, Ordering::Relaxed);
-            state.stats.changed.notify_one();
+            state.stats.tunnel_closed();
             let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let (task_id, peer, runner) = (opened.task_id, self.peer, &opened.runner_addr);
+            let (task_id, peer, runner) = (tunnel.task_id, self.peer, &tunnel.runner_addr);
             match outcome {
                 Some(outcome) => {
                     let end = match &outcome.result {
@@ -445,7 +403,7 @@ impl Connection {
                         task_id = %task_id,
                         peer = %peer,
                         runner = %runner,
-                        user = opened.user.as_deref().map(tracing::field::display),
+                        user = tunnel.user.as_deref().map(tracing::field::display),
                         bytes_up = outcome.stats.a_to_b,
                         bytes_down = outcome.stats.b_to_a,
                         duration_ms,
@@ -454,294 +412,11 @@ impl Connection {
                     );
                 }
                 None => {
-                    info!(task_id = %task_id, peer = %peer, runner = %runner, user = opened.user.as_deref().map(tracing::field::display), duration_ms, "tunnel cut at shutdown")
+                    info!(task_id = %task_id, peer = %peer, runner = %runner, user = tunnel.user.as_deref().map(tracing::field::display), duration_ms, "tunnel cut at shutdown")
                 }
             }
         }
     }
-}
-
-/// A tunnel whose runner connection is up and whose client has its `SUCCESS`.
-struct Opened<S> {
-    client: S,
-    /// Bytes the client pipelined behind its request line, read already.
-    pending: Vec<u8>,
-    runner: TcpStream,
-    task_id: TaskId,
-    /// The runner's address, for the log lines.
-    runner_addr: String,
-    /// The KohakuRiver user (auth mode), for the log lines.
-    user: Option<Box<str>>,
-}
-
-/// Reads the request, decides it (see [`crate::access`]), connects to the runner and
-/// answers `SUCCESS`; or answers `ERROR <message>` (or a LIST) and returns `None`.
-async fn open<S>(state: &ProxyState, stream: S, peer: SocketAddr, tls: bool) -> Option<Opened<S>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut client = Handshake::new(stream);
-    let mut target = None;
-    let mut user = None;
-    let opened = async {
-        let request = read_request(&mut client, state.timeouts.request).await?;
-        target = request.target();
-        let answer = access::decide(
-            &state.directory,
-            state.access,
-            &request,
-            access::Client { ip: peer.ip(), tls },
-            &mut user,
-            |ip| state.take_lookup(ip),
-        )
-        .await?;
-        match answer {
-            Answer::Tunnel(route) => {
-                let runner = connect_runner(&route, state.timeouts.connect).await?;
-                Ok::<_, Refusal>(Some((route, runner)))
-            }
-            Answer::List(list) => {
-                info!(peer = %peer, user = user.as_deref().map(tracing::field::display), tasks = list.tasks.len(), "task list sent");
-                let sent = async {
-                    client.write_response(&Response::Success).await?;
-                    client.write_line(&list.encode()).await?;
-                    client.stream_mut().shutdown().await
-                };
-                if let Err(e) = sent.await {
-                    debug!(peer = %peer, error = %e, "client left during the task list");
-                }
-                Ok(None)
-            }
-        }
-    };
-    let (route, runner) = match opened.await {
-        Ok(Some(opened)) => opened,
-        Ok(None) => return None,
-        Err(refusal) => {
-            state.stats.refused.fetch_add(1, Ordering::Relaxed);
-            state.stats.changed.notify_one();
-            let task = target.map(|t| t.to_string()).unwrap_or_default();
-            let user = user.as_deref();
-            match &refusal {
-                Refusal::Database(_) | Refusal::Internal(_) | Refusal::AuthUnsupported(_) => {
-                    warn!(peer = %peer, task_id = %task, user = user.map(tracing::field::display), reason = %refusal.detail(), "tunnel refused: lookup failed")
-                }
-                _ => {
-                    info!(peer = %peer, task_id = %task, user = user.map(tracing::field::display), reason = %refusal.detail(), "tunnel refused")
-                }
-            }
-            let _ =
-                tokio::time::timeout(REFUSAL_LINGER, write_refusal(client.stream_mut(), &refusal))
-                    .await;
-            return None;
-        }
-    };
-    let task_id = route.task_id;
-    if let Err(e) = client.write_response(&Response::Success).await {
-        info!(peer = %peer, task_id = %task_id, error = %e, "client left before SUCCESS");
-        return None;
-    }
-    let runner_addr = route.display_addr();
-    state.stats.open.fetch_add(1, Ordering::Relaxed);
-    state.stats.opened.fetch_add(1, Ordering::Relaxed);
-    state.stats.changed.notify_one();
-    // `user` is recorded only when there is one (auth mode).
-    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, user = user.as_deref().map(tracing::field::display), "tunnel opened");
-    // Whatever the client pipelined behind its request line goes to the runner first;
-    // the request buffer itself is freed here, before the tunnel idles for hours.
-    let (client, pending) = client.into_parts();
-    Some(Opened {
-        client,
-        pending,
-        runner,
-        task_id,
-        runner_addr,
-        user: user.map(String::into_boxed_str),
-    })
-}
-
-/// [`relay`], ended when no byte moved either way for `idle`.
-async fn relay_until_idle<S>(
-    client: &mut S,
-    pending: &[u8],
-    runner: &mut TcpStream,
-    idle: Duration,
-) -> RelayOutcome
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let started = Instant::now();
-    let last = AtomicU64::new(0);
-    let mut watched = Watched {
-        inner: client,
-        started,
-        last: &last,
-        up: pending.len() as u64,
-        down: 0,
-    };
-    let finished = {
-        let relayed = relay::relay_with_pending(&mut watched, pending, runner);
-        tokio::pin!(relayed);
-        let mut deadline = started + idle;
-        loop {
-            tokio::select! {
-                outcome = &mut relayed => break Some(outcome),
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    let active = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-                    if active <= Instant::now() {
-                        break None;
-                    }
-                    deadline = active;
-                }
-            }
-        }
-    };
-    if let Some(outcome) = finished {
-        return outcome;
-    }
-    RelayOutcome {
-        stats: RelayStats {
-            a_to_b: watched.up,
-            b_to_a: watched.down,
-        },
-        result: Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("idle for {}s", idle.as_secs_f64()),
-        )),
-    }
-}
-
-/// Stamps the time of the last byte read from or written to the client, and counts them.
-struct Watched<'a, S> {
-    inner: &'a mut S,
-    started: Instant,
-    last: &'a AtomicU64,
-    up: u64,
-    down: u64,
-}
-
-impl<S> Watched<'_, S> {
-    fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.up += n as u64;
-            self.touch();
-        }
-        poll
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        let poll = std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = poll {
-            if n > 0 {
-                self.down += n as u64;
-                self.touch();
-            }
-        }
-        poll
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
-    }
-}
-
-/// First byte of a TLS handshake record: a TLS client on a plain port.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// Reads and parses the request line (either form) under `timeout`.
-async fn read_request<S>(
-    client: &mut Handshake<S>,
-    timeout: Duration,
-) -> Result<AnyRequest, Refusal>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let read = async {
-        // A ClientHello has no newline to wait for: recognise it by its first byte.
-        if client.peek_first_byte().await.ok().flatten() == Some(TLS_HANDSHAKE_RECORD) {
-            return Err(Refusal::TlsOnPlainPort);
-        }
-        Ok(client.read_request().await?)
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Err(_) => Err(RequestError::Timeout.into()),
-        Ok(result) => result,
-    }
-}
-
-async fn connect_runner(route: &Route, timeout: Duration) -> Result<TcpStream, Refusal> {
-    let id = route.task_id;
-    let target = (route.host.as_str(), route.port);
-    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-        Err(_) => Err(Refusal::ConnectTimeout(id)),
-        Ok(Ok(stream)) => {
-            if let Err(e) = tune_tcp(&stream) {
-                debug!(runner = %route.display_addr(), error = %e, "could not set socket options");
-            }
-            Ok(stream)
-        }
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            Err(Refusal::ConnectRefused(id, route.node.clone()))
-        }
-        Ok(Err(e)) => {
-            debug!(runner = %route.display_addr(), error = %e, "runner connect failed");
-            Err(Refusal::ConnectFailed(id))
-        }
-    }
-}
-
-/// Sends `ERROR <message>\n`, half-closes, and reads what the client still sends until
-/// it closes (bounded by the caller's timeout), so unread input does not turn our close
-/// into a reset that could destroy the error line before the client reads it.
-async fn write_refusal<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    refusal: &Refusal,
-) -> io::Result<()> {
-    stream
-        .write_all(&Response::Error(refusal.to_string()).encode())
-        .await?;
-    stream.flush().await?;
-    stream.shutdown().await?;
-    // On the heap: an array here would sit inline in every connection's future.
-    let mut sink = vec![0u8; 4096];
-    let mut drained = 0usize;
-    while drained < 64 * 1024 {
-        match stream.read(&mut sink).await? {
-            0 => break,
-            n => drained += n,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -774,17 +449,16 @@ mod tests {
                 max_connections_per_ip: 10,
                 ..Limits::default()
             },
-            None,
         ));
         let peer = client.peer_addr().expect("peer");
         let connection = || Connection {
-            slot: state.admit(peer.ip()).expect("admitted"),
+            slot: Admission::admit(&state, peer.ip()).expect("admitted"),
             peer,
             force: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
-        let setup_size = std::mem::size_of_val(&connection().run(accepted, false));
-        let opened = Opened {
+        let setup_size = std::mem::size_of_val(&connection().run(accepted, ListenerKind::Plain));
+        let established = Established {
             client,
             pending: Vec::new(),
             runner,
@@ -792,7 +466,7 @@ mod tests {
             runner_addr: String::new(),
             user: None,
         };
-        let relaying_size = std::mem::size_of_val(&connection().relaying(opened));
+        let relaying_size = std::mem::size_of_val(&connection().relaying(established));
         let splice_size = std::mem::size_of_val(&relay::relay_tcp(&mut a, &[], &mut b));
         eprintln!(
             "setup task {setup_size} B, relay task {relaying_size} B, splice relay {splice_size} B"

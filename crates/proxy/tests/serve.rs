@@ -23,14 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// Waits until the proxy counts no open tunnel.
 async fn no_open_tunnels(proxy: &Proxy) {
     within("open count drops", async {
-        while proxy
-            .state
-            .stats
-            .open
-            .load(std::sync::atomic::Ordering::Relaxed)
-            != 0
-        {
-            proxy.state.stats.changed.notified().await;
+        while proxy.state.stats.open_tunnels() != 0 {
+            proxy.state.stats.changed().await;
         }
     })
     .await;
@@ -63,15 +57,10 @@ struct Proxy {
 async fn start_proxy(db: &Path, timeouts: Timeouts, limits: Limits, grace: Duration) -> Proxy {
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = tcp.local_addr().expect("addr");
-    let state = Arc::new(ProxyState::new(
-        TaskDirectory::new(db),
-        timeouts,
-        limits,
-        None,
-    ));
+    let state = Arc::new(ProxyState::new(TaskDirectory::new(db), timeouts, limits));
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(serve(
-        vec![Listener { tcp, tls: false }],
+        vec![Listener::plain(tcp)],
         Arc::clone(&state),
         shutdown.clone(),
         grace,
@@ -257,14 +246,7 @@ async fn refusals_use_hakurivers_texts() {
     // Spaces around the id and CRLF are accepted as HakuRiver accepts them.
     let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL  1 \r\n").await;
     assert_eq!(reply, b"SUCCESS\n");
-    assert_eq!(
-        proxy
-            .state
-            .stats
-            .refused
-            .load(std::sync::atomic::Ordering::Relaxed),
-        cases.len() as u64 + 2
-    );
+    assert_eq!(proxy.state.stats.refusals(), cases.len() as u64 + 2);
 }
 
 /// A runner that reads everything until EOF while sending `down`, then closes; it
@@ -647,14 +629,7 @@ async fn idle_timeout_closes_silent_tunnels_only() {
             .expect("read"),
         0
     );
-    assert_eq!(
-        proxy
-            .state
-            .stats
-            .open
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(proxy.state.stats.open_tunnels(), 0);
 }
 
 #[tokio::test]
@@ -714,4 +689,69 @@ async fn runner_reset_mid_stream_closes_the_client() {
     let _ = within("client side closes", client.read_to_end(&mut got)).await;
     assert!(b"partial answer".starts_with(&got), "{got:?}");
     no_open_tunnels(&proxy).await;
+}
+
+/// Refusals at accept (allowlist, limits) and failed TLS handshakes wake the `STATUS=`
+/// reporter like every other counter change.
+#[tokio::test]
+async fn refusals_at_accept_and_in_tls_notify_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("hakuriver.db");
+    create_db(&db);
+
+    // Allowlist: 127.0.0.1 is outside 10.0.0.0/8.
+    let mut only_ten = limits();
+    only_ten.allowed_clients = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let proxy = start_proxy(&db, timeouts(), only_ten, Duration::from_secs(1)).await;
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
+    assert!(reply.starts_with(b"ERROR "), "{reply:?}");
+    within("allowlist refusal notifies", proxy.state.stats.changed()).await;
+    assert_eq!(proxy.state.stats.refusals(), 1);
+    proxy.shutdown.cancel();
+    within("proxy stops", proxy.handle).await.expect("serve");
+
+    // Connection limit: the second connection while the first is open.
+    let mut one = limits();
+    one.max_connections = 1;
+    let proxy = start_proxy(&db, timeouts(), one, Duration::from_secs(1)).await;
+    let _first = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .expect("connect");
+    let (reply, _) = exchange(proxy.addr, b"REQUEST_TUNNEL 1\n").await;
+    assert!(reply.starts_with(b"ERROR "), "{reply:?}");
+    within("limit refusal notifies", proxy.state.stats.changed()).await;
+    assert_eq!(proxy.state.stats.refusals(), 1);
+    proxy.shutdown.cancel();
+    within("proxy stops", proxy.handle).await.expect("serve");
+
+    // A TLS listener fed garbage instead of a ClientHello.
+    let store =
+        hakuriver_tunnel::tls::ServerCertStore::self_signed(dir.path(), &["localhost".to_owned()])
+            .expect("self-signed");
+    let config = hakuriver_tunnel::tls::server_config(Arc::new(store)).expect("config");
+    let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let state = Arc::new(ProxyState::new(
+        TaskDirectory::new(&db),
+        timeouts(),
+        limits(),
+    ));
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(serve(
+        vec![Listener::tls(tcp, tokio_rustls::TlsAcceptor::from(config))],
+        Arc::clone(&state),
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    let mut stream = within("connect", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"REQUEST_TUNNEL 1\n")
+        .await
+        .expect("write");
+    within("TLS failure notifies", state.stats.changed()).await;
+    assert_eq!(state.stats.refusals(), 1);
+    shutdown.cancel();
+    within("proxy stops", handle).await.expect("serve");
 }
