@@ -9,6 +9,7 @@
 //!   that followed `SUCCESS` still buffered.
 //! - [`transport`]: what runs over the TCP socket: plain, or TLS verified before the
 //!   request is sent.
+//! - [`tls_errors`]: one-line explanations of failed TLS handshakes, naming our flags.
 //! - [`trust`]: the `~/.hakuriver/known_proxies` store and the `trust` command.
 //! - [`session`]: the interactive mode: local listener, `ssh`, relays, exit status.
 //! - [`stdio`]: the ProxyCommand mode (`--stdio`).
@@ -23,6 +24,7 @@ pub mod error;
 pub mod session;
 pub mod ssh_config;
 pub mod stdio;
+pub mod tls_errors;
 pub mod transport;
 pub mod trust;
 pub mod tunnel;

@@ -617,7 +617,10 @@ key_file = "/etc/k.pem"
         assert!(ten.contains("::ffff:10.9.9.9".parse().expect("ip")));
         for (bad, names) in [("10.0.0.0/33", "prefix"), ("example.org", "not an IP")] {
             let err = bad.parse::<Cidr>().expect_err(bad).to_string();
-            assert!(err.contains("allowed_clients") && err.contains(bad), "{err}");
+            assert!(
+                err.contains("allowed_clients") && err.contains(bad),
+                "{err}"
+            );
             assert!(err.contains(names), "{err}");
         }
         let one: Cidr = "127.0.0.1".parse().expect("cidr");
