@@ -10,6 +10,7 @@
 //!   that followed `SUCCESS` still buffered.
 //! - [`transport`]: what runs over the TCP socket: plain, or TLS verified before the
 //!   request is sent.
+//! - [`tls_errors`]: one-line explanations of failed TLS handshakes, naming our flags.
 //! - [`trust`]: the `~/.hakuriver/known_proxies` store and the `trust` command.
 //! - [`token`]: the KohakuRiver API token (`--token-file`, `$KOHAKURIVER_TOKEN`,
 //!   `~/.kohakuriver/auth.json`), sent only inside verified TLS.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod session;
 pub mod ssh_config;
 pub mod stdio;
+pub mod tls_errors;
 pub mod token;
 pub mod transport;
 pub mod trust;

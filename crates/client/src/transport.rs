@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use hakuriver_tunnel::relay::ReadAhead;
 use hakuriver_tunnel::tls::{
-    client_config, describe_tls_error, probe_config, CapturedFingerprint, ClientTrust, Fingerprint,
+    client_config, probe_config, CapturedFingerprint, ClientTrust, Fingerprint,
 };
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -15,6 +15,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::TlsSettings;
 use crate::error::ClientError;
+use crate::tls_errors::describe_tls_error;
 use crate::trust::KnownProxies;
 use crate::tunnel::{Target, TunnelIo};
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use hakuriver_tunnel::config::{DatabaseSection, NetworkSection, Seconds, DEFAULT_PROXY_PORT};
 pub use hakuriver_tunnel::tls::CertSource;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
 /// HakuRiver's default `[network] host_bind_ip`.
@@ -197,61 +198,64 @@ pub struct Limits {
     pub allowed_clients: Vec<Cidr>,
 }
 
-/// An IP network such as `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
+/// An IP network such as `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128),
+/// parsed by `ipnet`.
+///
+/// IPv4-mapped IPv6 addresses count as IPv4, both in the network (`::ffff:10.0.0.0/104`
+/// is `10.0.0.0/8`) and in the addresses tested against it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
+pub struct Cidr(IpNet);
+
+/// Why an `allowed_clients` entry is not a network; names the setting and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// The address part does not parse.
+    #[error("allowed_clients: {0:?} is not an IP address or network")]
+    Address(String),
+    /// The prefix length is not a number or too long for the address family.
+    #[error("allowed_clients: {0:?} has an invalid prefix length")]
+    Prefix(String),
 }
 
 impl Cidr {
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip.to_canonical())
     }
 }
 
 impl std::str::FromStr for Cidr {
-    type Err = anyhow::Error;
+    type Err = CidrError;
 
-    fn from_str(text: &str) -> Result<Self> {
+    fn from_str(text: &str) -> Result<Self, CidrError> {
         let (addr, prefix) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text, None),
+            Some((addr, prefix)) => (addr.trim(), Some(prefix.trim())),
+            None => (text.trim(), None),
         };
-        let addr: IpAddr = addr.trim().parse().with_context(|| {
-            format!("allowed_clients: {text:?} is not an IP address or network")
-        })?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .with_context(|| {
-                    format!("allowed_clients: {text:?} has an invalid prefix length")
-                })?,
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| CidrError::Address(text.to_owned()))?;
+        let net = match prefix {
+            None => IpNet::from(addr),
+            Some(p) => {
+                let len = p
+                    .parse::<u8>()
+                    .map_err(|_| CidrError::Prefix(text.to_owned()))?;
+                IpNet::new(addr, len).map_err(|_| CidrError::Prefix(text.to_owned()))?
+            }
         };
-        Ok(Cidr {
-            addr: addr.to_canonical(),
-            prefix,
-        })
+        Ok(Cidr(canonical(net)))
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:a.b.c.d/96+n`) as the IPv4 network it maps.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        other => other,
     }
 }
 
@@ -403,7 +407,7 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
             .unwrap_or_default()
             .iter()
             .map(|c| c.parse())
-            .collect::<Result<_>>()?,
+            .collect::<Result<_, CidrError>>()?,
     };
     if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
         bail!("[ssh_proxy] max_connections and max_connections_per_ip must be greater than 0");
@@ -684,6 +688,19 @@ key_file = "/etc/k.pem"
         assert!(!any4.contains("::1".parse().expect("ip")));
         let any6: Cidr = "::/0".parse().expect("cidr");
         assert!(any6.contains("2001:db8::1".parse().expect("ip")));
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().expect("cidr");
+        assert!(mapped.contains("10.1.2.3".parse().expect("ip")));
+        assert!(mapped.contains("::ffff:10.1.2.3".parse().expect("ip")));
+        let ten: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        assert!(ten.contains("::ffff:10.9.9.9".parse().expect("ip")));
+        for (bad, names) in [("10.0.0.0/33", "prefix"), ("example.org", "not an IP")] {
+            let err = bad.parse::<Cidr>().expect_err(bad).to_string();
+            assert!(
+                err.contains("allowed_clients") && err.contains(bad),
+                "{err}"
+            );
+            assert!(err.contains(names), "{err}");
+        }
         let one: Cidr = "127.0.0.1".parse().expect("cidr");
         assert!(
             one.contains("127.0.0.1".parse().expect("ip"))

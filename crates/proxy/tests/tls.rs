@@ -138,7 +138,7 @@ fn sighup_rotates_the_certificate_without_dropping_tunnels() {
     let err = tls_connect(&s.tls, s.first)
         .map(|_| ())
         .expect_err("old pin must fail");
-    let text = hakuriver_tunnel::tls::describe_tls_error(&err);
+    let text = hakuriver_ssh::tls_errors::describe_tls_error(&err);
     assert!(
         text.contains(&second.to_string()) && text.contains(&s.first.to_string()),
         "{text}"
@@ -196,7 +196,7 @@ fn tls_client_on_the_plain_port_is_told_in_its_terms() {
     let err = tls_connect(&s.plain, s.first)
         .map(|_| ())
         .expect_err("plain port does not speak TLS");
-    let text = hakuriver_tunnel::tls::describe_tls_error(&err);
+    let text = hakuriver_ssh::tls_errors::describe_tls_error(&err);
     assert!(text.contains("did not answer with TLS"), "{text}");
     s.lines.wait_for("TLS ClientHello on a plain port");
 }

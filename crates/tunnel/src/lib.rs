@@ -4,7 +4,7 @@
 //! - [`protocol`]: the HakuRiver 0.3.0 tunnel handshake (`REQUEST_TUNNEL <id>\n` →
 //!   `SUCCESS\n` | `ERROR <message>\n`): [`TaskId`], [`Request`], [`Response`], pure
 //!   parse/encode functions and the capped line reader both sides use.
-//! - [`relay`]: the one byte relay every data path uses (proxy client⇄runner, client
+//! - [`relay`](mod@relay): the one byte relay every data path uses (proxy client⇄runner, client
 //!   ssh⇄tunnel, stdio⇄tunnel), with half-close and byte counts.
 //! - [`net`]: socket options both legs of a tunnel get (`TCP_NODELAY`, keepalive).
 //! - [`tls`]: rustls configurations, self-signed certificates, SHA-256 fingerprints and
