@@ -128,3 +128,110 @@ async fn answer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use hakuriver_ssh_tests::kohaku::{self, tokens, Schema};
+    use hakuriver_tunnel::protocol::Request;
+    use hakuriver_tunnel::TaskId;
+
+    use super::*;
+
+    fn extended(command: Command, token: &str) -> AnyRequest {
+        AnyRequest::Extended(ExtendedRequest {
+            command,
+            token: Token::new(token),
+        })
+    }
+
+    const AUTH: Access = Access {
+        mode: AuthMode::Kohakuriver,
+        allow_listing: false,
+    };
+
+    /// Runs `decide` with a bucket that counts what it is asked for.
+    async fn decide_counting(
+        directory: &TaskDirectory,
+        access: Access,
+        request: &AnyRequest,
+        tls: bool,
+    ) -> (Result<Answer, Refusal>, u32, Option<String>) {
+        let taken = Cell::new(0);
+        let mut user = None;
+        let client = Client {
+            ip: "127.0.0.1".parse().expect("ip"),
+            tls,
+        };
+        let answer = decide(directory, access, request, client, &mut user, |_| {
+            taken.set(taken.get() + 1);
+            Ok(())
+        })
+        .await;
+        (answer, taken.get(), user)
+    }
+
+    #[tokio::test]
+    async fn failed_tokens_cost_two_lookups_and_good_ones_one() {
+        let (db, _) = kohaku::routing(Schema::Kohaku10, 1, 2).expect("db");
+        let directory = TaskDirectory::new(db.path());
+        let task = Command::Tunnel(TaskRef::Id(TaskId::try_from(1).expect("id")));
+        let (answer, taken, user) = decide_counting(
+            &directory,
+            AUTH,
+            &extended(task.clone(), tokens::OWNER),
+            true,
+        )
+        .await;
+        assert!(matches!(answer, Ok(Answer::Tunnel(_))), "{answer:?}");
+        assert_eq!((taken, user.as_deref()), (1, Some(kohaku::users::OWNER)));
+        for bad in [tokens::WRONG, tokens::REVOKED, tokens::INACTIVE] {
+            let (answer, taken, _) =
+                decide_counting(&directory, AUTH, &extended(task.clone(), bad), true).await;
+            assert!(answer.is_err(), "{bad}");
+            assert_eq!(taken, 2, "{bad}");
+        }
+        // Another user's task is refused after one lookup, as a missing one would be.
+        let (answer, taken, _) =
+            decide_counting(&directory, AUTH, &extended(task, tokens::OTHER), true).await;
+        assert!(matches!(answer, Err(Refusal::NotFoundOrForbidden(..))));
+        assert_eq!(taken, 1);
+    }
+
+    #[tokio::test]
+    async fn tokens_on_plain_listeners_and_requests_without_one_are_refused() {
+        let (db, _) = kohaku::routing(Schema::Kohaku10, 1, 2).expect("db");
+        let directory = TaskDirectory::new(db.path());
+        let list = extended(Command::List, tokens::OWNER);
+        for access in [AUTH, Access::default()] {
+            let (answer, taken, user) = decide_counting(&directory, access, &list, false).await;
+            assert!(matches!(answer, Err(Refusal::TokenOverPlain)), "{answer:?}");
+            assert_eq!((taken, user), (1, None));
+        }
+        let classic = AnyRequest::Classic(Request {
+            task_id: TaskId::try_from(1).expect("id"),
+        });
+        let (answer, taken, _) = decide_counting(&directory, AUTH, &classic, true).await;
+        assert!(matches!(answer, Err(Refusal::AuthRequired)), "{answer:?}");
+        assert_eq!(taken, 1);
+        // Mode off: HakuRiver's rule, and no names or lists unless allowed.
+        let (answer, _, _) = decide_counting(&directory, Access::default(), &classic, false).await;
+        assert!(matches!(answer, Ok(Answer::Tunnel(_))), "{answer:?}");
+        let name = AnyRequest::Extended(ExtendedRequest {
+            command: Command::Tunnel(TaskRef::Name(kohaku::NAME_UNIQUE.into())),
+            token: None,
+        });
+        let (answer, _, _) = decide_counting(&directory, Access::default(), &name, false).await;
+        assert!(
+            matches!(answer, Err(Refusal::ListingDisabled)),
+            "{answer:?}"
+        );
+        let listing = Access {
+            mode: AuthMode::Off,
+            allow_listing: true,
+        };
+        let (answer, _, _) = decide_counting(&directory, listing, &name, false).await;
+        assert!(matches!(answer, Ok(Answer::Tunnel(_))), "{answer:?}");
+    }
+}
