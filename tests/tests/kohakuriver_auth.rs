@@ -454,12 +454,14 @@ fn names_and_lists_are_refused_without_auth_or_allow_listing() {
     assert!(out.status.success(), "{}", w.context(&out));
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        listed.iter().any(|t| t["task_id"] == TASK_OK.to_string()),
+        listed
+            .iter()
+            .any(|t| t["task_id"].as_str() == Some(TASK_OK.to_string().as_str())),
         "{listed:?}"
     );
     assert!(listed
         .iter()
-        .any(|t| t["task_id"] == kohaku::TASK_UNOWNED.to_string()));
+        .any(|t| t["task_id"].as_str() == Some(kohaku::TASK_UNOWNED.to_string().as_str())));
 }
 
 #[test]
