@@ -2,7 +2,7 @@
 # Runs every test of the project, installing what they need first. As root:
 #   bash tests/run-all.sh
 # Steps: dependencies (OpenSSH, SQLite, systemd tools, the HakuRiver 0.3.0 venv) →
-# build → unit, integration and end-to-end tests (cargo) → fuzz corpus replay →
+# lints (cargo fmt --check, clippy -D warnings, rustdoc -D warnings) → build → unit, integration and end-to-end tests (cargo) → fuzz corpus replay →
 # systemd unit verification → Nix parse/eval checks → Docker image and compose
 # deployment. Any missing dependency fails the run; nothing is skipped.
 set -euo pipefail
@@ -14,6 +14,11 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "dependencies"
 bash tests/setup-deps.sh
+
+step "lints: rustfmt, clippy, rustdoc"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked
 
 step "build"
 cargo build --workspace --all-targets --locked

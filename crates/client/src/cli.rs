@@ -60,7 +60,7 @@ pub struct Cli {
     #[command(flatten)]
     pub conn: ConnectionArgs,
 
-    /// Log in as this user inside the VPS [default: root, or [ssh_client] user]
+    /// Log in as this user inside the VPS [default: root, or ssh_client.user]
     #[arg(long, value_name = "USER", global = true)]
     pub user: Option<String>,
 
@@ -103,11 +103,11 @@ pub struct ConnectionArgs {
     #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
 
-    /// Host address of the proxy [default: [network] host_reachable_address]
+    /// Host address of the proxy [default: network.host_reachable_address]
     #[arg(long, value_name = "HOST", global = true)]
     pub host: Option<String>,
 
-    /// Port of the Host SSH proxy [default: [network] host_ssh_proxy_port, else 8002]
+    /// Port of the Host SSH proxy [default: network.host_ssh_proxy_port, else 8002]
     #[arg(long, value_name = "PORT", global = true)]
     pub proxy_port: Option<u16>,
 
@@ -182,7 +182,7 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Parses argv (argv[0] included); everything after the task ID is left for ssh,
+    /// Parses argv (`argv[0]` included); everything after the task ID is left for ssh,
     /// even options we also have (`-v`).
     pub fn parse_args(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(mark_ssh_args(args))

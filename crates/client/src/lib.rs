@@ -48,10 +48,10 @@ use crate::error::ClientError;
 use crate::transport::Transport;
 use crate::tunnel::{Connector, Target};
 
-/// The name used in messages when argv[0] says nothing useful.
+/// The name used in messages when `argv[0]` says nothing useful.
 pub const PROGRAM: &str = "hakuriver-ssh";
 
-/// Runs the client with these arguments (argv[0] included) and returns the exit status.
+/// Runs the client with these arguments (`argv[0]` included) and returns the exit status.
 pub fn run<I, T>(args: I) -> u8
 where
     I: IntoIterator<Item = T>,

@@ -42,13 +42,13 @@ pub struct GlobalArgs {
     /// HakuRiver config file [default: $HAKURIVER_CONFIG, ~/.hakuriver/config.toml, /etc/hakuriver/config.toml]
     #[arg(short, long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Address of the main listener (overrides [network] host_bind_ip) [default: 0.0.0.0]
+    /// Address of the main listener (overrides network.host_bind_ip) [default: 0.0.0.0]
     #[arg(long, global = true, value_name = "IP")]
     pub bind: Option<String>,
-    /// Port of the main listener (overrides [network] host_ssh_proxy_port; 0: any) [default: 8002]
+    /// Port of the main listener (overrides network.host_ssh_proxy_port; 0: any) [default: 8002]
     #[arg(long, global = true, value_name = "PORT")]
     pub port: Option<u16>,
-    /// HakuRiver's SQLite database (overrides [database] db_file)
+    /// HakuRiver's SQLite database (overrides database.db_file)
     #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// Extra plain listener, ADDR:PORT (repeatable)
