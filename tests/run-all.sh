@@ -2,8 +2,9 @@
 # Runs every test of the project, installing what they need first. As root:
 #   bash tests/run-all.sh
 # Steps: dependencies (OpenSSH, SQLite, systemd tools, the HakuRiver 0.3.0 venv) →
-# lints (cargo fmt --check, clippy -D warnings, rustdoc -D warnings) → build → unit, integration and end-to-end tests (cargo) → fuzz corpus replay →
-# systemd unit verification → Nix parse/eval checks → Docker image and compose
+# lints (cargo fmt --check, clippy -D warnings, rustdoc -D warnings) → build →
+# unit, integration and end-to-end tests (cargo) → fuzz corpus replay → systemd unit
+# verification → Nix parse/eval checks → Docker image and compose
 # deployment. Any missing dependency fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
