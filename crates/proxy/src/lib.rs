@@ -19,7 +19,6 @@
 //!   drain, with [`server::Stats`].
 //! - `admission`: the allowlist, connection limits and the per-address lookup bucket.
 //! - `handshake`: request read, lookup, runner connect, `SUCCESS`/`ERROR`.
-//! - `idle`: the relay that ends idle tunnels (`idle_timeout_secs`).
 //! - `tls`: the serving certificate (files or self-signed) and SIGHUP reload.
 //! - `notify`: sd_notify readiness, status, reload, stop and watchdog messages.
 //! - `logging`: text, JSON or journald output.
@@ -32,7 +31,6 @@ pub mod config;
 pub mod directory;
 pub mod error;
 mod handshake;
-mod idle;
 pub(crate) mod listener;
 pub(crate) mod logging;
 pub(crate) mod notify;

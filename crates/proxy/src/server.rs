@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hakuriver_tunnel::{net::tune_tcp, relay};
-use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,6 @@ use crate::admission::{Admission, Slot};
 use crate::config::{Access, Limits, Timeouts};
 use crate::directory::TaskDirectory;
 use crate::handshake::{open_tunnel, write_refusal, Established, REFUSAL_LINGER};
-use crate::idle::relay_until_idle;
 
 /// Pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS) so the loop does not spin
 /// while the process is out of descriptors.
@@ -353,7 +352,7 @@ impl Connection {
     /// Relays an established tunnel in a task of its own.
     fn relay<S>(self, established: Established<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: relay::Endpoint + 'static,
     {
         let tracker = self.tracker.clone();
         tracker.spawn(self.relaying(established));
@@ -365,7 +364,7 @@ impl Connection {
         established: Established<S>,
     ) -> impl std::future::Future<Output = ()> + Send
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: relay::Endpoint + 'static,
     {
         let mut tunnel = established;
         // Fields are used in place (not destructured): every binding would be one more
@@ -374,17 +373,15 @@ impl Connection {
             let state = self.slot.state();
             let started = Instant::now();
             let outcome = {
-                let relayed = match state.timeouts.idle {
-                    None => {
-                        relay::relay_client(&mut tunnel.client, &tunnel.pending, &mut tunnel.runner)
-                    }
-                    Some(idle) => Box::pin(relay_until_idle(
-                        &mut tunnel.client,
-                        &tunnel.pending,
-                        &mut tunnel.runner,
-                        idle,
-                    )),
+                let options = relay::RelayOptions {
+                    idle_timeout: state.timeouts.idle,
                 };
+                let relayed = relay::tunnel(
+                    &mut tunnel.client,
+                    &tunnel.pending,
+                    &mut tunnel.runner,
+                    options,
+                );
                 tokio::select! {
                     outcome = relayed => Some(outcome),
                     () = self.force.cancelled() => None,

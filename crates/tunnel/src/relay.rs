@@ -6,18 +6,28 @@
 //! before more is read, so a stalled peer stalls its sender instead of growing a buffer
 //! (backpressure).
 //!
+//! [`tunnel`] is the entry point for a proxied tunnel: it takes the two streams, the bytes
+//! already read behind the request line and [`RelayOptions`] (the idle timeout), and picks
+//! the engine itself: splice(2) when both streams are plain TCP sockets on Linux
+//! ([`relay_tcp`]), else the copy engine ([`relay`]). Each stream says which it is through
+//! [`Endpoint::leg`]. Both engines track idleness the same way (each direction notes its
+//! progress), so an idle timeout never costs the splice path.
+//!
 //! No tunnel holds a buffer while it is idle: [`relay`] takes its copy buffers from a
 //! small shared pool when bytes arrive and gives them back as soon as a source has
-//! nothing more to read; [`relay_tcp`] (plain TCP on Linux) moves bytes with splice(2)
-//! through pooled pipes. [`ReadAhead`] gives TLS sessions large socket reads the same way.
+//! nothing more to read; [`relay_tcp`] moves bytes with splice(2) through pooled pipes.
+//! [`ReadAhead`] gives TLS sessions large socket reads the same way.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// Size of each copy buffer.
 pub const RELAY_BUFFER: usize = 64 * 1024;
@@ -69,17 +79,31 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    copy_engine(a, b, None).await
+}
+
+/// [`relay`], ended by `idle` if set.
+async fn copy_engine<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> RelayOutcome
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut up = Copy::default();
     let mut down = Copy::default();
     let mut turn = Turn::default();
+    let mut idle = idle.map(Idle::new);
     let result = std::future::poll_fn(|cx| {
-        turn.poll_both(cx, |cx, upward| {
+        let polled = turn.poll_both(cx, |cx, upward| {
             if upward {
                 up.poll(cx, &mut *a, &mut *b)
             } else {
                 down.poll(cx, &mut *b, &mut *a)
             }
-        })
+        });
+        if polled.is_ready() {
+            return polled;
+        }
+        Idle::poll_option(&mut idle, cx, up.take_progress() | down.take_progress())
     })
     .await;
     let stats = RelayStats {
@@ -89,6 +113,211 @@ where
     up.release();
     down.release();
     RelayOutcome { stats, result }
+}
+
+/// How [`tunnel`] relays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// End the tunnel with a `TimedOut` error once no byte moved either way for this
+    /// long; `None`: never.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Ends a relay once neither direction made progress for its timeout.
+///
+/// The directions only flag progress; the time is taken once per poll that saw some, and
+/// the timer is re-armed only when it fires early, so a busy tunnel never touches it.
+///
+/// Kept on the heap (a relay holds an `Option<Box<Idle>>`, one word): a relay without an
+/// idle timeout pays nothing, and an open tunnel's inline state stays small.
+struct Idle {
+    timeout: Duration,
+    last: Instant,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Idle {
+    fn new(timeout: Duration) -> Box<Self> {
+        let now = Instant::now();
+        Box::new(Idle {
+            timeout,
+            last: now,
+            sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+        })
+    }
+
+    /// `Ready(Err(TimedOut))` once `timeout` has passed since the last progress; never
+    /// ready without an `Idle`.
+    fn poll_option(
+        idle: &mut Option<Box<Idle>>,
+        cx: &mut Context<'_>,
+        progressed: bool,
+    ) -> Poll<io::Result<()>> {
+        let Some(idle) = idle else {
+            return Poll::Pending;
+        };
+        if progressed {
+            idle.last = Instant::now();
+        }
+        loop {
+            ready!(idle.sleep.as_mut().poll(cx));
+            let deadline = idle.last + idle.timeout;
+            if deadline <= Instant::now() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("idle for {}s", idle.timeout.as_secs_f64()),
+                )));
+            }
+            idle.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// A stream as [`tunnel`] sees it: a plain TCP socket (which splice(2) can move bytes
+/// for) or anything else.
+pub enum Leg<'s> {
+    /// A bare TCP socket with nothing buffered above it.
+    Tcp(&'s mut TcpStream),
+    /// Any other stream (TLS, a pipe, an in-memory stream).
+    Other(&'s mut (dyn Duplex + 's)),
+}
+
+/// A stream both readable and writable, as the copy engine relays it.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + ?Sized> Duplex for T {}
+
+/// A stream [`tunnel`] accepts. It says what it is, so the relay can pick splice(2)
+/// without guessing at run time.
+pub trait Endpoint: Duplex {
+    /// This stream as a [`Leg`]; anything but a bare [`TcpStream`] is [`Leg::Other`].
+    fn leg(&mut self) -> Leg<'_>;
+}
+
+impl Endpoint for TcpStream {
+    fn leg(&mut self) -> Leg<'_> {
+        Leg::Tcp(self)
+    }
+}
+
+/// Streams that are never a bare TCP socket.
+macro_rules! other_endpoint {
+    ($($t:ty),* $(,)?) => {$(
+        impl<S: AsyncRead + AsyncWrite + Unpin + Send> Endpoint for $t {
+            fn leg(&mut self) -> Leg<'_> {
+                Leg::Other(self)
+            }
+        }
+    )*};
+}
+
+other_endpoint!(
+    tokio_rustls::server::TlsStream<S>,
+    tokio_rustls::client::TlsStream<S>,
+    ReadAhead<S>,
+    tokio::io::BufReader<S>,
+);
+
+impl Endpoint for tokio::io::DuplexStream {
+    fn leg(&mut self) -> Leg<'_> {
+        Leg::Other(self)
+    }
+}
+
+/// Relays a tunnel: writes `pending` (bytes already read from `a`, such as what a client
+/// pipelined behind its request line) to `b` first, then relays both ways as [`relay`]
+/// does, until both sides finished, one failed, or `options.idle_timeout` passed without
+/// a byte moving. `pending` counts in `a_to_b`.
+///
+/// Two plain TCP sockets on Linux take [`relay_tcp`] (splice(2), no copy through user
+/// space); anything else (TLS) takes the copy engine. Returned boxed, sized for the path
+/// taken: an open tunnel keeps this future for its whole life, and the splice path's
+/// state is a fraction of the copy engine's.
+pub fn tunnel<'a, A, B>(
+    a: &'a mut A,
+    pending: &'a [u8],
+    b: &'a mut B,
+    options: RelayOptions,
+) -> Pin<Box<dyn Future<Output = RelayOutcome> + Send + 'a>>
+where
+    A: Endpoint + ?Sized,
+    B: Endpoint + ?Sized,
+{
+    match (a.leg(), b.leg()) {
+        #[cfg(target_os = "linux")]
+        (Leg::Tcp(a), Leg::Tcp(b)) => Box::pin(splice_engine(a, pending, b, options)),
+        (a, b) => Box::pin(copy_tunnel(a, pending, b, options)),
+    }
+}
+
+/// The copy engine of [`tunnel`].
+async fn copy_tunnel(
+    mut a: Leg<'_>,
+    pending: &[u8],
+    mut b: Leg<'_>,
+    options: RelayOptions,
+) -> RelayOutcome {
+    if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut b, pending).await {
+        return RelayOutcome {
+            stats: RelayStats::default(),
+            result: Err(e),
+        };
+    }
+    let mut outcome = copy_engine(&mut a, &mut b, options.idle_timeout).await;
+    outcome.stats.a_to_b += pending.len() as u64;
+    outcome
+}
+
+impl Leg<'_> {
+    fn pinned(&mut self) -> Pin<&mut dyn Duplex> {
+        match self {
+            Leg::Tcp(tcp) => Pin::new(&mut **tcp),
+            Leg::Other(other) => Pin::new(&mut **other),
+        }
+    }
+}
+
+impl AsyncRead for Leg<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().pinned().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Leg<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().pinned().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().pinned().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Leg::Tcp(tcp) => tcp.is_write_vectored(),
+            Leg::Other(other) => other.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().pinned().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().pinned().poll_shutdown(cx)
+    }
 }
 
 /// Which direction of a relay is polled first; it alternates on every poll.
@@ -138,11 +367,18 @@ struct Copy {
     count: u64,
     /// Written since the last flush.
     unflushed: bool,
+    /// Bytes read or written since [`take_progress`](Self::take_progress) last looked.
+    progressed: bool,
     eof: bool,
     done: bool,
 }
 
 impl Copy {
+    /// Whether bytes moved since the last call.
+    fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progressed)
+    }
+
     fn poll<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -162,6 +398,7 @@ impl Copy {
                             self.pos += n;
                             self.count += n as u64;
                             self.unflushed = true;
+                            self.progressed = true;
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => {
@@ -173,7 +410,10 @@ impl Copy {
                                 match Pin::new(&mut *src).poll_read(cx, &mut read) {
                                     Poll::Ready(Ok(())) => match read.filled().len() {
                                         0 => self.eof = true,
-                                        n => self.end += n,
+                                        n => {
+                                            self.end += n;
+                                            self.progressed = true;
+                                        }
                                     },
                                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                                     Poll::Pending => {}
@@ -200,6 +440,7 @@ impl Copy {
                     let n = read.filled().len();
                     self.pos = 0;
                     self.end = n;
+                    self.progressed |= n > 0;
                     if n == 0 {
                         self.eof = true;
                         self.release();
@@ -333,53 +574,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
     }
 }
 
-/// Relays a proxied client and its runner. `pending` holds bytes the client pipelined
-/// behind its request line (read already while parsing it); they reach the runner first.
-/// A plain-TCP client on Linux takes [`relay_tcp`] (splice(2), no copy through user
-/// space); anything else (TLS) takes [`relay`].
-///
-/// Returned boxed, sized for the path taken: an open tunnel keeps this future for its
-/// whole life, and the splice path's state is a fraction of the generic one's.
-pub fn relay_client<'a, S>(
-    client: &'a mut S,
-    pending: &'a [u8],
-    runner: &'a mut tokio::net::TcpStream,
-) -> Pin<Box<dyn Future<Output = RelayOutcome> + Send + 'a>>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    #[cfg(target_os = "linux")]
-    if (&*client as &dyn std::any::Any).is::<tokio::net::TcpStream>() {
-        let any: &'a mut dyn std::any::Any = client;
-        if let Some(tcp) = any.downcast_mut::<tokio::net::TcpStream>() {
-            return Box::pin(relay_tcp(tcp, pending, runner));
-        }
-        unreachable!("checked to be a TcpStream just above");
-    }
-    Box::pin(relay_with_pending(client, pending, runner))
-}
-
-/// [`relay`], after writing `pending` (bytes already read from `a`) to `b`; they count
-/// in `a_to_b`.
-pub async fn relay_with_pending<A>(
-    a: &mut A,
-    pending: &[u8],
-    b: &mut tokio::net::TcpStream,
-) -> RelayOutcome
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    if let Err(e) = tokio::io::AsyncWriteExt::write_all(b, pending).await {
-        return RelayOutcome {
-            stats: RelayStats::default(),
-            result: Err(e),
-        };
-    }
-    let mut outcome = relay(a, b).await;
-    outcome.stats.a_to_b += pending.len() as u64;
-    outcome
-}
-
 /// Relays two TCP sockets with splice(2) through a pipe per direction: the bytes move
 /// socket → pipe → socket inside the kernel, never copied to user space. `a_pending` is
 /// sent to `b` before anything read from `a` (bytes a caller already buffered). Same
@@ -389,23 +583,40 @@ where
 ///
 /// Both directions are plain state machines polled by one future (about a hundred
 /// bytes), not two `async` blocks: an open tunnel's whole relay state is that small.
+/// [`tunnel`] picks this engine for two TCP sockets, with an idle timeout if asked.
 #[cfg(target_os = "linux")]
-pub async fn relay_tcp(
-    a: &mut tokio::net::TcpStream,
+pub fn relay_tcp<'a>(
+    a: &'a mut TcpStream,
+    a_pending: &'a [u8],
+    b: &'a mut TcpStream,
+) -> impl Future<Output = RelayOutcome> + Send + 'a {
+    splice_engine(a, a_pending, b, RelayOptions::default())
+}
+
+/// [`relay_tcp`] with [`RelayOptions`].
+#[cfg(target_os = "linux")]
+async fn splice_engine(
+    a: &mut TcpStream,
     a_pending: &[u8],
-    b: &mut tokio::net::TcpStream,
+    b: &mut TcpStream,
+    options: RelayOptions,
 ) -> RelayOutcome {
     let mut up = splice::Direction::new(a_pending);
     let mut down = splice::Direction::new(&[]);
     let mut turn = Turn::default();
+    let mut idle = options.idle_timeout.map(Idle::new);
     let result = std::future::poll_fn(|cx| {
-        turn.poll_both(cx, |cx, upward| {
+        let polled = turn.poll_both(cx, |cx, upward| {
             if upward {
                 up.poll(cx, a, b)
             } else {
                 down.poll(cx, b, a)
             }
-        })
+        });
+        if polled.is_ready() {
+            return polled;
+        }
+        Idle::poll_option(&mut idle, cx, up.take_progress() | down.take_progress())
     })
     .await;
     RelayOutcome {
@@ -472,6 +683,8 @@ mod splice {
         in_pipe: usize,
         /// Bytes written to `dst`.
         pub count: u64,
+        /// Bytes moved since [`take_progress`](Self::take_progress) last looked.
+        progressed: bool,
         done: bool,
     }
 
@@ -482,8 +695,14 @@ mod splice {
                 pipe: None,
                 in_pipe: 0,
                 count: 0,
+                progressed: false,
                 done: false,
             }
+        }
+
+        /// Whether bytes moved since the last call (what the idle timeout watches).
+        pub fn take_progress(&mut self) -> bool {
+            std::mem::take(&mut self.progressed)
         }
 
         /// Moves what can be moved now. `Ready(Ok)` once `src`'s EOF was passed on (and
@@ -503,6 +722,7 @@ mod splice {
                     Ok(n) => {
                         self.pending = &self.pending[n..];
                         self.count += n as u64;
+                        self.progressed = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Poll::Ready(Err(e)),
@@ -520,6 +740,7 @@ mod splice {
                         Ok(n) => {
                             self.in_pipe -= n;
                             self.count += n as u64;
+                            self.progressed = true;
                         }
                         // Readiness was cleared; the next poll_write_ready registers us.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -548,7 +769,10 @@ mod splice {
                             other => other,
                         });
                     }
-                    Ok(n) => self.in_pipe = n,
+                    Ok(n) => {
+                        self.in_pipe = n;
+                        self.progressed = true;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Drained for now: the pipe is empty, pool it before waiting again.
                         if let Some(p) = self.pipe.take() {
@@ -767,8 +991,15 @@ mod tests {
         assert_eq!(line, "REQUEST_TUNNEL 1\n");
         let pending = reader.buffer().to_vec();
         let mut proxy_a = reader.into_inner();
-        let relay_task =
-            tokio::spawn(async move { relay_client(&mut proxy_a, &pending, &mut proxy_b).await });
+        let relay_task = tokio::spawn(async move {
+            tunnel(
+                &mut proxy_a,
+                &pending,
+                &mut proxy_b,
+                RelayOptions::default(),
+            )
+            .await
+        });
 
         let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
@@ -827,5 +1058,135 @@ mod tests {
             .await
             .expect("runner side closed");
         let _ = outcome;
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn spliced_tunnel_closes_after_the_idle_timeout() {
+        let (mut client, mut proxy_a) = tcp_pair().await;
+        let (mut proxy_b, mut runner) = tcp_pair().await;
+        let idle = Duration::from_millis(300);
+        let started = Instant::now();
+        let relay_task = tokio::spawn(async move {
+            let options = RelayOptions {
+                idle_timeout: Some(idle),
+            };
+            tunnel(&mut proxy_a, b"hi", &mut proxy_b, options).await
+        });
+        let mut hi = [0u8; 2];
+        tokio::time::timeout(WAIT, runner.read_exact(&mut hi))
+            .await
+            .expect("pending bytes in time")
+            .expect("read");
+        assert_eq!(&hi, b"hi");
+        let outcome = tokio::time::timeout(WAIT, relay_task)
+            .await
+            .expect("relay ended by the idle timeout")
+            .expect("join");
+        assert!(
+            started.elapsed() >= idle,
+            "ended after {:?}",
+            started.elapsed()
+        );
+        let err = outcome.result.expect_err("idle timeout is an error");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "idle for 0.3s");
+        assert_eq!(
+            outcome.stats,
+            RelayStats {
+                a_to_b: 2,
+                b_to_a: 0
+            }
+        );
+        // Both sockets were closed with the relay.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(WAIT, client.read_to_end(&mut rest))
+            .await
+            .expect("client side closed");
+        assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn spliced_tunnel_stays_open_while_bytes_flow() {
+        let (mut client, mut proxy_a) = tcp_pair().await;
+        let (mut proxy_b, mut runner) = tcp_pair().await;
+        let idle = Duration::from_millis(600);
+        let relay_task = tokio::spawn(async move {
+            let options = RelayOptions {
+                idle_timeout: Some(idle),
+            };
+            tunnel(&mut proxy_a, b"", &mut proxy_b, options).await
+        });
+        // A byte each way every idle/6, for three idle timeouts: the tunnel never idles.
+        let started = Instant::now();
+        let mut pace = tokio::time::interval(idle / 6);
+        let mut rounds = 0u64;
+        while started.elapsed() < 3 * idle {
+            pace.tick().await;
+            let mut byte = [0u8; 1];
+            client.write_all(b"u").await.expect("write up");
+            tokio::time::timeout(WAIT, runner.read_exact(&mut byte))
+                .await
+                .expect("up in time")
+                .expect("read up");
+            runner.write_all(b"d").await.expect("write down");
+            tokio::time::timeout(WAIT, client.read_exact(&mut byte))
+                .await
+                .expect("down in time")
+                .expect("read down");
+            assert_eq!(&byte, b"d");
+            rounds += 1;
+        }
+        assert!(
+            !relay_task.is_finished(),
+            "tunnel closed while bytes flowed"
+        );
+        // Then it ends normally when both sides close.
+        client.shutdown().await.expect("shutdown");
+        runner.shutdown().await.expect("shutdown");
+        let outcome = tokio::time::timeout(WAIT, relay_task)
+            .await
+            .expect("relay ended")
+            .expect("join");
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+        assert_eq!(
+            outcome.stats,
+            RelayStats {
+                a_to_b: rounds,
+                b_to_a: rounds
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn copied_tunnel_closes_after_the_idle_timeout() {
+        let (_client, mut proxy_a) = tokio::io::duplex(1024);
+        let (mut proxy_b, mut runner) = tokio::io::duplex(1024);
+        let idle = Duration::from_millis(200);
+        let relay_task = tokio::spawn(async move {
+            let options = RelayOptions {
+                idle_timeout: Some(idle),
+            };
+            tunnel(&mut proxy_a, b"hi", &mut proxy_b, options).await
+        });
+        let mut hi = [0u8; 2];
+        tokio::time::timeout(WAIT, runner.read_exact(&mut hi))
+            .await
+            .expect("pending bytes in time")
+            .expect("read");
+        let outcome = tokio::time::timeout(WAIT, relay_task)
+            .await
+            .expect("relay ended by the idle timeout")
+            .expect("join");
+        let err = outcome.result.expect_err("idle timeout is an error");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            outcome.stats,
+            RelayStats {
+                a_to_b: 2,
+                b_to_a: 0
+            }
+        );
     }
 }
