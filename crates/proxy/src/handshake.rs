@@ -3,8 +3,7 @@
 //! `SUCCESS` or `ERROR <message>`.
 
 use std::io;
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hakuriver_tunnel::protocol::{self, Line, Response, MAX_REQUEST_LINE, SUCCESS_LINE};
 use hakuriver_tunnel::{net::tune_tcp, Request, RequestError, TaskId};
@@ -14,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::directory::Route;
 use crate::error::Refusal;
-use crate::server::ProxyState;
+use crate::server::{Arrival, ProxyState};
 
 /// How long a refused client gets to read its `ERROR` line before the socket closes.
 pub(crate) const REFUSAL_LINGER: Duration = Duration::from_secs(1);
@@ -38,25 +37,29 @@ pub(crate) struct Established<S> {
 pub(crate) async fn open_tunnel<S>(
     state: &ProxyState,
     stream: S,
-    peer: SocketAddr,
+    arrival: Arrival,
 ) -> Option<Established<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let peer = arrival.peer;
     let mut client = BufReader::with_capacity(MAX_REQUEST_LINE, stream);
     let mut task_id = None;
     let set_up = async {
         let request = read_request(&mut client, state.timeouts.request).await?;
         task_id = Some(request.task_id);
         state.admission.take_lookup(peer.ip())?;
-        let route = state.directory.lookup_async(request.task_id).await?;
+        let looking = Instant::now();
+        let route = state.directory.lookup_async(request.task_id).await;
+        state.stats.metrics.lookup_took(looking.elapsed());
+        let route = route?;
         let runner = connect_runner(&route, request.task_id, state.timeouts.connect).await?;
         Ok::<_, Refusal>((request.task_id, route, runner))
     };
     let (task_id, route, runner) = match set_up.await {
         Ok(set_up) => set_up,
         Err(refusal) => {
-            state.stats.refused();
+            state.stats.refused(&refusal);
             let task = task_id.map(|t| t.to_string()).unwrap_or_default();
             match &refusal {
                 Refusal::Database(_) | Refusal::Internal(_) => {
@@ -76,7 +79,9 @@ where
         return None;
     }
     let runner_addr = route.display_addr();
-    state.stats.tunnel_opened();
+    state
+        .stats
+        .tunnel_opened(arrival.transport, arrival.accepted.elapsed());
     info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, "tunnel opened");
     // Whatever the client pipelined behind its request line goes to the runner first;
     // the request buffer itself is freed here, before the tunnel idles for hours.

@@ -14,14 +14,17 @@
 //! - [`error`]: [`error::Refusal`], whose `Display` is the wire text after `ERROR `.
 //! - [`server`]: [`server::serve`], the accept loops, each connection's lifecycle and
 //!   drain, with [`server::Stats`].
+//! - `admin`: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - `admission`: the allowlist, connection limits and the per-address lookup bucket.
 //! - `handshake`: request read, lookup, runner connect, `SUCCESS`/`ERROR`.
 //! - `idle`: the relay that ends idle tunnels (`idle_timeout_secs`).
+//! - `metrics`: the Prometheus registry behind `/metrics`.
 //! - `tls`: the serving certificate (files or self-signed) and SIGHUP reload.
 //! - `notify`: sd_notify readiness, status, reload, stop and watchdog messages.
 //! - `logging`: text, JSON or journald output.
 //! - [`cli`]: the command line and the `serve`, `check`, `fingerprint`, `health` commands.
 
+mod admin;
 mod admission;
 pub mod cli;
 pub mod config;
@@ -31,6 +34,7 @@ mod handshake;
 mod idle;
 pub(crate) mod listener;
 pub(crate) mod logging;
+mod metrics;
 pub(crate) mod notify;
 pub mod server;
 pub(crate) mod tls;

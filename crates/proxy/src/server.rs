@@ -7,7 +7,7 @@
 //! is left.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,10 @@ use tracing::{info, warn};
 use crate::admission::{Admission, Slot};
 use crate::config::{Limits, Timeouts};
 use crate::directory::TaskDirectory;
+use crate::error::Refusal;
 use crate::handshake::{open_tunnel, write_refusal, Established, REFUSAL_LINGER};
 use crate::idle::relay_until_idle;
+use crate::metrics::{Metrics, TlsFailure, Transport};
 
 /// Pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS) so the loop does not spin
 /// while the process is out of descriptors.
@@ -42,11 +44,24 @@ pub enum ListenerKind {
 impl ListenerKind {
     /// `plain` or `tls`, for logs.
     pub fn name(&self) -> &'static str {
+        self.transport().name()
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
         match self {
-            ListenerKind::Plain => "plain",
-            ListenerKind::Tls(_) => "tls",
+            ListenerKind::Plain => Transport::Plain,
+            ListenerKind::Tls(_) => Transport::Tls,
         }
     }
+}
+
+/// Where a connection came from and when, for limits, logs and metrics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    pub(crate) transport: Transport,
+    pub(crate) accepted: Instant,
 }
 
 impl std::fmt::Debug for ListenerKind {
@@ -82,32 +97,44 @@ impl Listener {
     }
 }
 
-/// Counters for logs and `STATUS=`; each change wakes whoever reports status.
+/// Counters for logs, `STATUS=` and `/metrics`; each change wakes whoever reports status.
 #[derive(Debug, Default)]
 pub struct Stats {
     open_tunnels: AtomicU64,
     tunnels_opened: AtomicU64,
     refused: AtomicU64,
     changed: tokio::sync::Notify,
+    pub(crate) metrics: Metrics,
 }
 
 impl Stats {
-    /// A tunnel got its `SUCCESS` and starts relaying.
-    pub fn tunnel_opened(&self) {
+    /// A tunnel got its `SUCCESS` `setup` after accept and starts relaying.
+    pub(crate) fn tunnel_opened(&self, transport: Transport, setup: Duration) {
         self.open_tunnels.fetch_add(1, Ordering::Relaxed);
         self.tunnels_opened.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tunnel_opened(transport, setup);
         self.changed.notify_one();
     }
 
-    /// A relaying tunnel ended (closed, failed or cut).
-    pub fn tunnel_closed(&self) {
+    /// A relaying tunnel ended (closed, failed or cut) after relaying `up` bytes from
+    /// the client and `down` bytes to it.
+    pub(crate) fn tunnel_closed(&self, transport: Transport, up: u64, down: u64) {
         self.open_tunnels.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.tunnel_closed(transport, up, down);
         self.changed.notify_one();
     }
 
-    /// A connection was refused: at accept, in the TLS handshake or with an `ERROR` line.
-    pub fn refused(&self) {
+    /// A connection was refused, at accept or with an `ERROR` line.
+    pub(crate) fn refused(&self, refusal: &Refusal) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+        self.metrics.refused(refusal);
+        self.changed.notify_one();
+    }
+
+    /// A TLS handshake failed; it counts as a refusal.
+    pub(crate) fn tls_failed(&self, kind: TlsFailure) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tls_failed(kind);
         self.changed.notify_one();
     }
 
@@ -151,6 +178,7 @@ pub struct ProxyState {
     /// Counters.
     pub stats: Stats,
     pub(crate) admission: Admission,
+    draining: AtomicBool,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -170,7 +198,13 @@ impl ProxyState {
             timeouts,
             stats: Stats::default(),
             admission: Admission::new(limits),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Whether shutdown began: no new connections, open tunnels draining.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 }
 
@@ -206,6 +240,7 @@ pub async fn serve(
         // The loops end only when `shutdown` fires; their sockets close with them.
         let _ = accept_loop.await;
     }
+    state.draining.store(true, Ordering::Relaxed);
     tracker.close();
     let open = state.stats.open_tunnels();
     if !tracker.is_empty() {
@@ -244,6 +279,7 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
+                state.stats.metrics.accept_failed();
                 warn!(error = %e, "accept failed; backing off");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -251,18 +287,23 @@ async fn accept_loop(
                 }
             }
         };
+        let arrival = Arrival {
+            peer,
+            transport: listener.kind.transport(),
+            accepted: Instant::now(),
+        };
         match Admission::admit(&state, peer.ip()) {
             Ok(slot) => {
                 let connection = Connection {
                     slot,
-                    peer,
+                    arrival,
                     force: force.clone(),
                     tracker: tracker.clone(),
                 };
                 tracker.spawn(connection.run(stream, listener.kind.clone()));
             }
             Err(refusal) => {
-                state.stats.refused();
+                state.stats.refused(&refusal);
                 warn!(peer = %peer, reason = %refusal, "connection refused");
                 if let ListenerKind::Plain = listener.kind {
                     tracker.spawn(async move {
@@ -288,7 +329,7 @@ async fn accept_loop(
 struct Connection {
     /// The connection's place in the limits; released when the connection ends.
     slot: Slot,
-    peer: SocketAddr,
+    arrival: Arrival,
     force: CancellationToken,
     tracker: TaskTracker,
 }
@@ -300,7 +341,7 @@ impl Connection {
         match kind {
             ListenerKind::Plain => {
                 let established = tokio::select! {
-                    established = open_tunnel(self.slot.state(), stream, self.peer) => established,
+                    established = open_tunnel(self.slot.state(), stream, self.arrival) => established,
                     () = self.force.cancelled() => return,
                 };
                 if let Some(established) = established {
@@ -314,21 +355,22 @@ impl Connection {
 
     async fn run_tls(self, stream: TcpStream, acceptor: TlsAcceptor) {
         let state = self.slot.state();
-        let peer = self.peer;
+        let arrival = self.arrival;
+        let peer = arrival.peer;
         let established = tokio::select! {
             established = async {
                 // ReadAhead: rustls reads its socket 4 KiB at a time otherwise.
                 let stream = relay::ReadAhead::new(stream);
                 let handshake = tokio::time::timeout(state.timeouts.tls_handshake, acceptor.accept(stream));
                 match handshake.await {
-                    Ok(Ok(stream)) => open_tunnel(state, stream, peer).await,
+                    Ok(Ok(stream)) => open_tunnel(state, stream, arrival).await,
                     Ok(Err(e)) => {
-                        state.stats.refused();
+                        state.stats.tls_failed(TlsFailure::Error);
                         warn!(peer = %peer, error = %e, "TLS handshake failed");
                         None
                     }
                     Err(_) => {
-                        state.stats.refused();
+                        state.stats.tls_failed(TlsFailure::Timeout);
                         warn!(peer = %peer, "TLS handshake timed out");
                         None
                     }
@@ -381,9 +423,12 @@ impl Connection {
                     () = self.force.cancelled() => None,
                 }
             };
-            state.stats.tunnel_closed();
+            let (up, down) = outcome
+                .as_ref()
+                .map_or((0, 0), |o| (o.stats.a_to_b, o.stats.b_to_a));
+            state.stats.tunnel_closed(self.arrival.transport, up, down);
             let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let (task_id, peer, runner) = (tunnel.task_id, self.peer, &tunnel.runner_addr);
+            let (task_id, peer, runner) = (tunnel.task_id, self.arrival.peer, &tunnel.runner_addr);
             match outcome {
                 Some(outcome) => {
                     let end = match &outcome.result {
@@ -441,9 +486,14 @@ mod tests {
             },
         ));
         let peer = client.peer_addr().expect("peer");
+        let arrival = Arrival {
+            peer,
+            transport: Transport::Plain,
+            accepted: Instant::now(),
+        };
         let connection = || Connection {
             slot: Admission::admit(&state, peer.ip()).expect("admitted"),
-            peer,
+            arrival,
             force: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
