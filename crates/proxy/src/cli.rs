@@ -236,11 +236,10 @@ async fn run(
     if let Some(cert) = &serving_cert {
         info!(fingerprint = %cert.fingerprint(), "TLS certificate loaded");
     }
-    let state = Arc::new(ProxyState::new(
-        directory,
-        settings.timeouts,
-        settings.limits,
-    ));
+    let state = Arc::new(
+        ProxyState::new(directory, settings.timeouts, settings.limits)
+            .with_trusted_proxies(settings.trusted_proxies.clone()),
+    );
     let shutdown = CancellationToken::new();
     let reporting = CancellationToken::new();
 

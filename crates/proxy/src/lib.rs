@@ -12,6 +12,7 @@
 //! - `listener`: binding the configured addresses, or adopting systemd's sockets.
 //! - [`directory`]: [`directory::TaskDirectory`], read-only lookups in HakuRiver's DB.
 //! - [`error`]: [`error::Refusal`], whose `Display` is the wire text after `ERROR `.
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers from trusted load balancers.
 //! - [`server`]: [`server::serve`], the accept loops, each connection's lifecycle and
 //!   drain, with [`server::Stats`].
 //! - `admin`: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
@@ -36,5 +37,6 @@ pub(crate) mod listener;
 pub(crate) mod logging;
 mod metrics;
 pub(crate) mod notify;
+pub mod proxy_protocol;
 pub mod server;
 pub(crate) mod tls;

@@ -6,12 +6,12 @@
 //! accept loops first, then lets open tunnels drain for the grace period, then cuts what
 //! is left.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hakuriver_tunnel::{net::tune_tcp, relay};
+use hakuriver_tunnel::{net::tune_tcp, relay, RequestError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -20,12 +20,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admission::{Admission, Slot};
-use crate::config::{Limits, Timeouts};
+use crate::config::{Cidr, Limits, Timeouts};
 use crate::directory::TaskDirectory;
 use crate::error::Refusal;
 use crate::handshake::{open_tunnel, write_refusal, Established, REFUSAL_LINGER};
 use crate::idle::relay_until_idle;
 use crate::metrics::{Metrics, TlsFailure, Transport};
+use crate::proxy_protocol::read_header;
 
 /// Pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS) so the loop does not spin
 /// while the process is out of descriptors.
@@ -179,6 +180,7 @@ pub struct ProxyState {
     pub stats: Stats,
     pub(crate) admission: Admission,
     draining: AtomicBool,
+    trusted_proxies: Vec<Cidr>,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -199,7 +201,18 @@ impl ProxyState {
             stats: Stats::default(),
             admission: Admission::new(limits),
             draining: AtomicBool::new(false),
+            trusted_proxies: Vec::new(),
         }
+    }
+
+    /// Peers whose connections start with a PROXY protocol header naming the client.
+    pub fn with_trusted_proxies(mut self, trusted: Vec<Cidr>) -> Self {
+        self.trusted_proxies = trusted;
+        self
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 
     /// Whether shutdown began: no new connections, open tunnels draining.
@@ -292,32 +305,105 @@ async fn accept_loop(
             transport: listener.kind.transport(),
             accepted: Instant::now(),
         };
-        match Admission::admit(&state, peer.ip()) {
-            Ok(slot) => {
-                let connection = Connection {
-                    slot,
-                    arrival,
-                    force: force.clone(),
-                    tracker: tracker.clone(),
-                };
-                tracker.spawn(connection.run(stream, listener.kind.clone()));
-            }
-            Err(refusal) => {
-                state.stats.refused(&refusal);
-                warn!(peer = %peer, reason = %refusal, "connection refused");
-                if let ListenerKind::Plain = listener.kind {
-                    tracker.spawn(async move {
-                        let mut stream = stream;
-                        let _ = tokio::time::timeout(
-                            REFUSAL_LINGER,
-                            write_refusal(&mut stream, &refusal),
-                        )
-                        .await;
-                    });
-                }
-            }
+        if state.trusts(peer.ip()) {
+            // The client's address is in the PROXY header: admission waits for it.
+            tracker.spawn(proxied(
+                Arc::clone(&state),
+                stream,
+                arrival,
+                listener.kind.clone(),
+                force.clone(),
+                tracker.clone(),
+            ));
+            continue;
+        }
+        admit(&state, stream, arrival, &listener.kind, &force, &tracker);
+    }
+}
+
+/// Counts `arrival` against the limits and starts its connection task, or refuses it
+/// (with an `ERROR` line on plain listeners; TLS clients could not read one).
+fn admit(
+    state: &Arc<ProxyState>,
+    stream: TcpStream,
+    arrival: Arrival,
+    kind: &ListenerKind,
+    force: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    match Admission::admit(state, arrival.peer.ip()) {
+        Ok(slot) => {
+            let connection = Connection {
+                slot,
+                arrival,
+                force: force.clone(),
+                tracker: tracker.clone(),
+            };
+            tracker.spawn(connection.run(stream, kind.clone()));
+        }
+        Err(refusal) => {
+            warn!(peer = %arrival.peer, reason = %refusal, "connection refused");
+            refuse(state, stream, kind, refusal, tracker);
         }
     }
+}
+
+/// Counts a refusal and, on a plain listener, sends its `ERROR` line from a task.
+fn refuse(
+    state: &ProxyState,
+    stream: TcpStream,
+    kind: &ListenerKind,
+    refusal: Refusal,
+    tracker: &TaskTracker,
+) {
+    state.stats.refused(&refusal);
+    if let ListenerKind::Plain = kind {
+        tracker.spawn(async move {
+            let mut stream = stream;
+            let _ =
+                tokio::time::timeout(REFUSAL_LINGER, write_refusal(&mut stream, &refusal)).await;
+        });
+    }
+}
+
+/// A connection from a trusted proxy: reads its PROXY header (under the request
+/// timeout), then admits the client the header names.
+async fn proxied(
+    state: Arc<ProxyState>,
+    mut stream: TcpStream,
+    mut arrival: Arrival,
+    kind: ListenerKind,
+    force: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let proxy = arrival.peer;
+    let read = tokio::time::timeout(state.timeouts.request, read_header(&mut stream));
+    let header = tokio::select! {
+        header = read => header,
+        () = force.cancelled() => return,
+    };
+    let failure = match header {
+        Ok(Ok(Some(client))) => {
+            arrival.peer = client;
+            None
+        }
+        // LOCAL (or UNKNOWN): the balancer speaks for itself, e.g. a health check.
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no complete PROXY header within the request timeout".to_owned()),
+    };
+    if let Some(why) = failure {
+        warn!(proxy = %proxy, error = %why, "PROXY header refused");
+        refuse(
+            &state,
+            stream,
+            &kind,
+            Refusal::Request(RequestError::Timeout),
+            &tracker,
+        );
+        return;
+    }
+    admit(&state, stream, arrival, &kind, &force, &tracker);
 }
 
 /// One admitted client connection.
