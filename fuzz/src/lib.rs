@@ -4,10 +4,12 @@
 //! - [`protocol_checks`]: request line parser, capped line reader under arbitrary
 //!   chunking, reply parser.
 //! - [`config_checks`]: the proxy's config parser on arbitrary UTF-8.
+//! - [`proxy_header_checks`]: the PROXY protocol v1/v2 header decoder on arbitrary bytes.
 //!
-//! Both files are also compiled into stable regression tests
+//! These files are also compiled into stable regression tests
 //! (`crates/tunnel/tests/fuzz_corpus.rs`, `crates/proxy/tests/fuzz_corpus.rs`) through
 //! `#[path]`, so CI replays the committed corpus through exactly these checks.
 
 pub mod config_checks;
 pub mod protocol_checks;
+pub mod proxy_header_checks;

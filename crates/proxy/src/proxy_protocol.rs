@@ -22,6 +22,8 @@ const V2_FIXED: usize = 16;
 pub const MAX_V2_HEADER: usize = 4096;
 /// The v1 prefix.
 const V1_PREFIX: &[u8; 6] = b"PROXY ";
+/// Shortest v1 header: `PROXY UNKNOWN\r\n`.
+const MIN_V1_HEADER: usize = 15;
 /// Longest v1 header, `\r\n` included (the spec's 107 bytes).
 pub const MAX_V1_HEADER: usize = 107;
 
@@ -43,8 +45,15 @@ pub enum Decoded {
     Invalid(&'static str),
 }
 
-/// Decodes a PROXY header at the start of `input`. Never looks past the header's end.
+/// Decodes a PROXY header at the start of `input`. Never looks past the header's end,
+/// and every proper prefix of a complete header is [`Decoded::Incomplete`] with a hint
+/// that does not overshoot it, so reading exactly the hinted bytes ends on the header's
+/// last byte.
 pub fn decode(input: &[u8]) -> Decoded {
+    if input.is_empty() {
+        // Either version: no header is shorter than MIN_V1_HEADER, v2 ones are longer.
+        return Decoded::Incomplete(MIN_V1_HEADER);
+    }
     let probe = input.len().min(V2_SIGNATURE.len());
     if input[..probe] == V2_SIGNATURE[..probe] {
         return decode_v2(input);
@@ -91,11 +100,7 @@ fn decode_v1(input: &[u8]) -> Decoded {
         if window.len() >= MAX_V1_HEADER {
             return Decoded::Invalid("PROXY v1 header too long");
         }
-        // A bare '\n' would never be followed by the header's end.
-        if window.contains(&b'\n') {
-            return Decoded::Invalid("malformed PROXY v1 header");
-        }
-        return Decoded::Incomplete(1);
+        return Decoded::Incomplete(MIN_V1_HEADER.saturating_sub(window.len()).max(1));
     };
     let len = cr + 2;
     match v1::Header::try_from(&input[..len]) {
@@ -175,7 +180,8 @@ mod tests {
             }
         );
         assert_eq!(decode(b"PROXY TCP4 1.2"), Decoded::Incomplete(1));
-        assert_eq!(decode(b"PRO"), Decoded::Incomplete(1));
+        assert_eq!(decode(b"PRO"), Decoded::Incomplete(12));
+        assert_eq!(decode(b""), Decoded::Incomplete(15));
         assert!(matches!(
             decode(b"PROXY TCP4 x y 1 2\r\n"),
             Decoded::Invalid(_)

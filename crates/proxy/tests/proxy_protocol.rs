@@ -288,6 +288,14 @@ async fn malformed_truncated_and_slow_headers_get_the_request_timeout() {
         started.elapsed()
     );
 
+    // The shortest header: nothing of the request behind it may be taken with it.
+    let (reply, _) = request(
+        connect_from(TRUSTED, proxy.addr).await,
+        b"PROXY UNKNOWN\r\n",
+    )
+    .await;
+    assert_eq!(reply, "SUCCESS\n");
+
     // The daemon keeps serving.
     let (reply, _) = request(connect_from(TRUSTED, proxy.addr).await, &v1("192.0.2.7", 1)).await;
     assert_eq!(reply, "SUCCESS\n");
