@@ -17,9 +17,9 @@ use tracing::{info, warn};
 
 use crate::config::{self, LogFormat, Overrides, Settings};
 use crate::directory::TaskDirectory;
-use crate::listener::{self, Bound};
+use crate::listener::{self, Bound, Role};
 use crate::server::{self, Listener, ProxyState};
-use crate::{logging, notify, tls};
+use crate::{admin, logging, notify, tls};
 
 /// HakuRiver Host SSH proxy: routes `REQUEST_TUNNEL <task_id>` to the VPS container's sshd.
 ///
@@ -72,6 +72,10 @@ pub struct GlobalArgs {
     /// Log output [default: auto: journald under systemd, else text]
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve /metrics, /healthz and /readyz on ADDR:PORT (repeatable; loopback unless
+    /// [ssh_proxy.admin] allow_remote = true)
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    pub admin_listen: Vec<String>,
     /// More log output (debug level)
     #[arg(short, long, global = true)]
     pub verbose: bool,
@@ -111,6 +115,7 @@ impl GlobalArgs {
             tls_key: self.tls_key.clone(),
             state_dir: self.state_dir.clone(),
             log_format: self.log_format,
+            admin_listen: self.admin_listen.clone(),
         }
     }
 }
@@ -173,7 +178,16 @@ fn serve(settings: Settings, verbose: bool) -> Result<ExitCode> {
         }
         None => listener::bind_all(&settings.listeners)?,
     };
-    let serving_cert = if sockets.iter().any(|s| s.tls) {
+    let (mut admin, sockets): (Vec<_>, Vec<_>) =
+        sockets.into_iter().partition(|s| s.role == Role::Admin);
+    if admin.is_empty() {
+        admin = listener::bind_admin(&settings.admin.listen)?;
+    }
+    for bound in &admin {
+        settings.admin.check_exposure(bound.local_addr()?)?;
+    }
+    let sockets: Vec<Bound> = sockets.into_iter().chain(admin).collect();
+    let serving_cert = if sockets.iter().any(|s| s.role == Role::Tls) {
         Some(tls::ServingCert::load(&settings).context("cannot set up TLS")?)
     } else {
         None
@@ -190,10 +204,16 @@ async fn run(
     // Before anyone can learn we listen: a SIGTERM right after READY=1 must drain, not kill.
     let signals = Signals::install().context("cannot install signal handlers")?;
     let mut listeners = Vec::with_capacity(sockets.len());
+    let mut admin_listeners = Vec::new();
     for bound in sockets {
         let addr = bound.local_addr()?;
         let tcp = tokio::net::TcpListener::from_std(bound.socket)?;
-        let listener = if bound.tls {
+        if bound.role == Role::Admin {
+            info!(addr = %addr, "admin listening (/metrics, /healthz, /readyz)");
+            admin_listeners.push(tcp);
+            continue;
+        }
+        let listener = if bound.role == Role::Tls {
             let Some(cert) = &serving_cert else {
                 anyhow::bail!("{addr}: a TLS listener without a TLS certificate");
             };
@@ -222,7 +242,9 @@ async fn run(
         info!(fingerprint = %cert.fingerprint(), "TLS certificate loaded");
     }
     let state = Arc::new(
-        ProxyState::new(directory, settings.timeouts, settings.limits).with_access(settings.access),
+        ProxyState::new(directory, settings.timeouts, settings.limits)
+            .with_access(settings.access)
+            .with_trusted_proxies(settings.trusted_proxies.clone()),
     );
     let shutdown = CancellationToken::new();
     let reporting = CancellationToken::new();
@@ -234,6 +256,12 @@ async fn run(
         serving_cert,
     ));
     tokio::spawn(notify::report(Arc::clone(&state), reporting.clone()));
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(admin::serve_admin(
+        admin_listeners,
+        Arc::clone(&state),
+        admin_stop.clone(),
+    ));
     notify::ready(&state.stats.summary());
 
     let cut = server::serve(
@@ -244,6 +272,8 @@ async fn run(
     )
     .await;
     reporting.cancel();
+    admin_stop.cancel();
+    let _ = admin.await;
     info!(cut_tunnels = cut, summary = %state.stats.summary(), "stopped");
     Ok(())
 }

@@ -66,10 +66,13 @@ struct ProxySection {
     lookups_per_minute_per_ip: Option<u32>,
     allowed_clients: Option<Vec<String>>,
     allow_listing: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
     #[serde(default)]
     tls: TlsSection,
     #[serde(default)]
     auth: AuthSection,
+    #[serde(default)]
+    admin: AdminSection,
 }
 
 /// `[ssh_proxy.auth]`.
@@ -108,6 +111,14 @@ pub struct Access {
     /// `[ssh_proxy] allow_listing`: answer task names and LIST without auth (then
     /// every client sees every VPS task, as HakuRiver's proxy lets it reach every one).
     pub allow_listing: bool,
+}
+
+/// `[ssh_proxy.admin]`: the metrics and health listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    listen: Option<Vec<String>>,
+    allow_remote: Option<bool>,
 }
 
 /// `[ssh_proxy.tls]`.
@@ -161,6 +172,8 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--admin-listen`, added to `[ssh_proxy.admin] listen`.
+    pub admin_listen: Vec<String>,
 }
 
 /// One address to listen on.
@@ -281,6 +294,32 @@ pub struct Settings {
     pub limits: Limits,
     /// Authorization, names and lists.
     pub access: Access,
+    /// The admin (metrics and health) listener.
+    pub admin: AdminSettings,
+    /// Peers whose connections start with a PROXY protocol header (v1 or v2) naming
+    /// the real client; empty: no PROXY protocol.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// `[ssh_proxy.admin]`, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// Addresses to serve `/metrics`, `/healthz` and `/readyz` on; empty: none.
+    pub listen: Vec<SocketAddr>,
+    /// Whether a non-loopback admin address is allowed.
+    pub allow_remote: bool,
+}
+
+impl AdminSettings {
+    /// Refuses `addr` unless it is a loopback address or `allow_remote` is set.
+    pub fn check_exposure(&self, addr: SocketAddr) -> Result<()> {
+        if !self.allow_remote && !addr.ip().to_canonical().is_loopback() {
+            bail!(
+                "admin listener {addr} is not a loopback address; it serves metrics without authentication: set [ssh_proxy.admin] allow_remote = true to expose it"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Settings {
@@ -412,6 +451,33 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
     if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
         bail!("[ssh_proxy] max_connections and max_connections_per_ip must be greater than 0");
     }
+    let admin = AdminSettings {
+        listen: p
+            .admin
+            .listen
+            .unwrap_or_default()
+            .iter()
+            .chain(o.admin_listen.iter())
+            .map(|text| parse_listen(text))
+            .collect::<Result<_>>()?,
+        allow_remote: p.admin.allow_remote.unwrap_or(false),
+    };
+    for addr in &admin.listen {
+        admin.check_exposure(*addr)?;
+        if addr.port() != 0 && listeners.iter().any(|l| l.addr == *addr) {
+            bail!("admin address {addr} is also a tunnel listener");
+        }
+    }
+    let trusted_proxies = p
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            c.parse::<Cidr>().map_err(|_| {
+                anyhow::anyhow!("trusted_proxies: {c:?} is not an IP address or network")
+            })
+        })
+        .collect::<Result<_>>()?;
     let state_dir = o
         .state_dir
         .clone()
@@ -448,6 +514,8 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
             mode: p.auth.mode.unwrap_or_default(),
             allow_listing: p.allow_listing.unwrap_or(false),
         },
+        admin,
+        trusted_proxies,
     })
 }
 
@@ -709,6 +777,47 @@ key_file = "/etc/k.pem"
     }
 
     #[test]
+    fn admin_and_trusted_proxies_are_read() {
+        let settings = from_str("", &Overrides::default()).expect("defaults");
+        assert!(
+            settings.admin.listen.is_empty(),
+            "admin listener off by default"
+        );
+        assert!(settings.trusted_proxies.is_empty());
+        let text = "[ssh_proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.2\"]\n\
+                    [ssh_proxy.admin]\nlisten = [\"127.0.0.1:9102\", \"[::1]:9102\"]\n";
+        let o = Overrides {
+            admin_listen: vec!["127.0.0.1:9103".to_owned()],
+            ..Overrides::default()
+        };
+        let settings = from_str(text, &o).expect("parses");
+        let listen: Vec<String> = settings
+            .admin
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(listen, ["127.0.0.1:9102", "[::1]:9102", "127.0.0.1:9103"]);
+        assert!(!settings.admin.allow_remote);
+        assert_eq!(settings.trusted_proxies.len(), 2);
+        assert!(settings.trusted_proxies[0].contains("10.9.8.7".parse().expect("ip")));
+        assert!(settings.trusted_proxies[1].contains("127.0.0.2".parse().expect("ip")));
+        assert!(!settings.trusted_proxies[1].contains("127.0.0.1".parse().expect("ip")));
+        let remote = "[ssh_proxy.admin]\nlisten = [\"0.0.0.0:9102\"]\nallow_remote = true\n";
+        assert!(from_str(remote, &Overrides::default()).is_ok());
+        let err = from_str(
+            "[ssh_proxy.admin]\nlisten = [\"0.0.0.0:9102\"]\n",
+            &Overrides::default(),
+        )
+        .expect_err("refused");
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("not a loopback address") && !err.contains('\n'),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         let bad = [
             "[ssh_proxy]\nrequest_timeout_secs = 0\n",
@@ -719,6 +828,10 @@ key_file = "/etc/k.pem"
             "[ssh_proxy]\nmax_connections = 0\n",
             "[ssh_proxy]\nallowed_clients = [\"10.0.0.0/33\"]\n",
             "[ssh_proxy]\nallowed_clients = [\"example.org\"]\n",
+            "[ssh_proxy.admin]\nlisten = [\"0.0.0.0:9102\"]\n",
+            "[ssh_proxy.admin]\nlisten = [\"10.1.2.3:9102\"]\nallow_remote = false\n",
+            "[ssh_proxy.admin]\nport = 9102\n",
+            "[ssh_proxy]\ntrusted_proxies = [\"10.0.0.0/40\"]\n",
         ];
         for text in bad {
             assert!(from_str(text, &Overrides::default()).is_err(), "{text}");

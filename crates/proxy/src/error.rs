@@ -109,45 +109,6 @@ impl Refusal {
         matches!(self, Refusal::BadToken | Refusal::AccountDisabled(_))
     }
 
-    /// A fixed, bounded name for logs and metrics (never a task ID or an address).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::Request(RequestError::InvalidFormat) | Refusal::TlsOnPlainPort => {
-                "bad_request"
-            }
-            Refusal::Request(RequestError::InvalidTaskId) => "bad_task_id",
-            Refusal::Request(RequestError::Unreadable) => "unreadable_request",
-            Refusal::Request(RequestError::Timeout) => "request_timeout",
-            Refusal::NotFound(_) => "not_found",
-            Refusal::NotVps(_) => "not_vps",
-            Refusal::Inactive(..) => "inactive",
-            Refusal::NoNode(_) => "no_node",
-            Refusal::NoSshPort(_) | Refusal::PortOutOfRange(..) => "no_ssh_port",
-            Refusal::NodeOffline(_) => "node_offline",
-            Refusal::BadRunnerUrl(_) => "bad_runner_url",
-            Refusal::Database(_) | Refusal::Internal(_) | Refusal::AuthUnsupported(_) => {
-                "database_error"
-            }
-            Refusal::BadToken => "bad_token",
-            Refusal::AccountDisabled(_) => "account_disabled",
-            Refusal::RoleTooLow(_) => "role_too_low",
-            Refusal::NotFoundOrForbidden(..) => "not_found_or_forbidden",
-            Refusal::NoSuchName(_) => "no_such_name",
-            Refusal::AmbiguousName(..) => "ambiguous_name",
-            Refusal::NamesUnsupported => "names_unsupported",
-            Refusal::AuthRequired => "auth_required",
-            Refusal::TokenOverPlain => "token_over_plain",
-            Refusal::ListingDisabled => "listing_disabled",
-            Refusal::ConnectTimeout(_) => "runner_timeout",
-            Refusal::ConnectRefused(..) => "runner_refused",
-            Refusal::ConnectFailed(_) => "runner_unreachable",
-            Refusal::TooManyConnections => "too_many_connections",
-            Refusal::TooManyLookups => "too_many_lookups",
-            Refusal::NotAllowed => "not_allowed",
-            Refusal::TooManyFromPeer => "too_many_from_address",
-        }
-    }
-
     /// The full cause chain, for the log.
     pub fn detail(&self) -> String {
         match self {

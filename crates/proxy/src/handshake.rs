@@ -4,8 +4,7 @@
 //! runner, then answer `SUCCESS` or `ERROR <message>` (or send a task list).
 
 use std::io;
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hakuriver_tunnel::protocol::{AnyRequest, Handshake, Response};
 use hakuriver_tunnel::{net::tune_tcp, RequestError, TaskId};
@@ -16,7 +15,8 @@ use tracing::{debug, info, warn};
 use crate::access::{self, Answer};
 use crate::directory::Route;
 use crate::error::Refusal;
-use crate::server::ProxyState;
+use crate::metrics::Transport;
+use crate::server::{Arrival, ProxyState};
 
 /// How long a refused client gets to read its `ERROR` line before the socket closes.
 pub(crate) const REFUSAL_LINGER: Duration = Duration::from_secs(1);
@@ -43,18 +43,20 @@ pub(crate) struct Established<S> {
 pub(crate) async fn open_tunnel<S>(
     state: &ProxyState,
     stream: S,
-    peer: SocketAddr,
-    tls: bool,
+    arrival: Arrival,
 ) -> Option<Established<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let peer = arrival.peer;
+    let tls = matches!(arrival.transport, Transport::Tls);
     let mut client = Handshake::new(stream);
     let mut target = None;
     let mut user = None;
     let set_up = async {
         let request = read_request(&mut client, state.timeouts.request).await?;
         target = request.target();
+        let deciding = Instant::now();
         let answer = access::decide(
             &state.directory,
             state.access,
@@ -63,8 +65,10 @@ where
             &mut user,
             |ip| state.admission.take_lookup(ip),
         )
-        .await?;
-        match answer {
+        .await;
+        // The directory's part of the decision: task, token, name or list lookups.
+        state.stats.metrics.lookup_took(deciding.elapsed());
+        match answer? {
             Answer::Tunnel(route) => {
                 let runner = connect_runner(&route, state.timeouts.connect).await?;
                 Ok::<_, Refusal>(Some((route, runner)))
@@ -87,7 +91,7 @@ where
         Ok(Some(set_up)) => set_up,
         Ok(None) => return None,
         Err(refusal) => {
-            state.stats.refused();
+            state.stats.refused(&refusal);
             let task = target.map(|t| t.to_string()).unwrap_or_default();
             let user = user.as_deref().map(tracing::field::display);
             match &refusal {
@@ -110,7 +114,9 @@ where
         return None;
     }
     let runner_addr = route.display_addr();
-    state.stats.tunnel_opened();
+    state
+        .stats
+        .tunnel_opened(arrival.transport, arrival.accepted.elapsed());
     // `user` is recorded only when there is one (auth mode).
     info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, user = user.as_deref().map(tracing::field::display), "tunnel opened");
     // Whatever the client pipelined behind its request line goes to the runner first;

@@ -15,16 +15,20 @@
 //!   per-VPS access rule.
 //! - `access`: who may ask for what under `[ssh_proxy.auth]` (tokens, names, LIST).
 //! - [`error`]: [`error::Refusal`], whose `Display` is the wire text after `ERROR `.
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers from trusted load balancers.
 //! - [`server`]: [`server::serve`], the accept loops, each connection's lifecycle and
 //!   drain, with [`server::Stats`].
+//! - `admin`: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - `admission`: the allowlist, connection limits and the per-address lookup bucket.
 //! - `handshake`: request read, lookup, runner connect, `SUCCESS`/`ERROR`.
+//! - `metrics`: the Prometheus registry behind `/metrics`.
 //! - `tls`: the serving certificate (files or self-signed) and SIGHUP reload.
 //! - `notify`: sd_notify readiness, status, reload, stop and watchdog messages.
 //! - `logging`: text, JSON or journald output.
 //! - [`cli`]: the command line and the `serve`, `check`, `fingerprint`, `health` commands.
 
 pub(crate) mod access;
+mod admin;
 mod admission;
 pub mod cli;
 pub mod config;
@@ -33,6 +37,8 @@ pub mod error;
 mod handshake;
 pub(crate) mod listener;
 pub(crate) mod logging;
+mod metrics;
 pub(crate) mod notify;
+pub mod proxy_protocol;
 pub mod server;
 pub(crate) mod tls;

@@ -1,8 +1,9 @@
 //! Listening sockets: bound from the config, or adopted from systemd socket activation.
 //!
 //! Under socket activation systemd passes the sockets as fds 3.. with `LISTEN_FDS`,
-//! `LISTEN_PID` and `LISTEN_FDNAMES`. A socket named `tls` speaks TLS; any other name
-//! (`plain`, systemd's default `unknown`, the unit name) speaks the plain protocol.
+//! `LISTEN_PID` and `LISTEN_FDNAMES`. A socket named `tls` speaks TLS, one named `admin`
+//! serves the admin HTTP endpoints; any other name (`plain`, systemd's default
+//! `unknown`, the unit name) speaks the plain protocol.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -14,19 +15,32 @@ use crate::config::ListenSpec;
 
 /// `FileDescriptorName=` that marks a TLS socket.
 pub const TLS_FD_NAME: &str = "tls";
+/// `FileDescriptorName=` that marks the admin (metrics and health) socket.
+pub const ADMIN_FD_NAME: &str = "admin";
 /// `FileDescriptorName=` for a plain socket (any name but [`TLS_FD_NAME`] is plain).
 #[allow(dead_code)] // the name the shipped socket units use; nothing needs to match it
 pub const PLAIN_FD_NAME: &str = "plain";
 /// Pending-connection queue length for sockets we bind ourselves.
 pub const BACKLOG: i32 = 1024;
 
+/// What a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Tunnels, plain protocol.
+    Plain,
+    /// Tunnels, TLS first.
+    Tls,
+    /// The admin HTTP endpoints.
+    Admin,
+}
+
 /// A listening socket not yet registered with the async runtime.
 #[derive(Debug)]
 pub struct Bound {
     /// The socket (non-blocking).
     pub socket: StdListener,
-    /// Whether it speaks TLS.
-    pub tls: bool,
+    /// What it serves.
+    pub role: Role,
 }
 
 impl Bound {
@@ -45,9 +59,24 @@ pub fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>> {
             bind(spec.addr)
                 .map(|socket| Bound {
                     socket,
-                    tls: spec.tls,
+                    role: if spec.tls { Role::Tls } else { Role::Plain },
                 })
                 .with_context(|| format!("cannot listen on {}", spec.addr))
+        })
+        .collect()
+}
+
+/// Binds the admin listener's addresses.
+pub fn bind_admin(addrs: &[SocketAddr]) -> Result<Vec<Bound>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            bind(*addr)
+                .map(|socket| Bound {
+                    socket,
+                    role: Role::Admin,
+                })
+                .with_context(|| format!("cannot listen on {addr} (admin)"))
         })
         .collect()
 }
@@ -78,10 +107,12 @@ pub fn from_systemd() -> Result<Option<Vec<Bound>>> {
         .map(|(fd, name)| {
             let socket =
                 adopt(fd).with_context(|| format!("socket-activation fd {fd} (name {name:?})"))?;
-            Ok(Bound {
-                socket,
-                tls: name == TLS_FD_NAME,
-            })
+            let role = match name.as_str() {
+                TLS_FD_NAME => Role::Tls,
+                ADMIN_FD_NAME => Role::Admin,
+                _ => Role::Plain,
+            };
+            Ok(Bound { socket, role })
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)

@@ -6,13 +6,12 @@
 //! accept loops first, then lets open tunnels drain for the grace period, then cuts what
 //! is left.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hakuriver_tunnel::{net::tune_tcp, relay};
-
+use hakuriver_tunnel::{net::tune_tcp, relay, RequestError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -20,9 +19,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admission::{Admission, Slot};
-use crate::config::{Access, Limits, Timeouts};
+use crate::config::{Access, Cidr, Limits, Timeouts};
 use crate::directory::TaskDirectory;
+use crate::error::Refusal;
 use crate::handshake::{open_tunnel, write_refusal, Established, REFUSAL_LINGER};
+use crate::metrics::{Metrics, TlsFailure, Transport};
+use crate::proxy_protocol::read_header;
 
 /// Pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS) so the loop does not spin
 /// while the process is out of descriptors.
@@ -41,11 +43,24 @@ pub enum ListenerKind {
 impl ListenerKind {
     /// `plain` or `tls`, for logs.
     pub fn name(&self) -> &'static str {
+        self.transport().name()
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
         match self {
-            ListenerKind::Plain => "plain",
-            ListenerKind::Tls(_) => "tls",
+            ListenerKind::Plain => Transport::Plain,
+            ListenerKind::Tls(_) => Transport::Tls,
         }
     }
+}
+
+/// Where a connection came from and when, for limits, logs and metrics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    pub(crate) transport: Transport,
+    pub(crate) accepted: Instant,
 }
 
 impl std::fmt::Debug for ListenerKind {
@@ -81,32 +96,44 @@ impl Listener {
     }
 }
 
-/// Counters for logs and `STATUS=`; each change wakes whoever reports status.
+/// Counters for logs, `STATUS=` and `/metrics`; each change wakes whoever reports status.
 #[derive(Debug, Default)]
 pub struct Stats {
     open_tunnels: AtomicU64,
     tunnels_opened: AtomicU64,
     refused: AtomicU64,
     changed: tokio::sync::Notify,
+    pub(crate) metrics: Metrics,
 }
 
 impl Stats {
-    /// A tunnel got its `SUCCESS` and starts relaying.
-    pub fn tunnel_opened(&self) {
+    /// A tunnel got its `SUCCESS` `setup` after accept and starts relaying.
+    pub(crate) fn tunnel_opened(&self, transport: Transport, setup: Duration) {
         self.open_tunnels.fetch_add(1, Ordering::Relaxed);
         self.tunnels_opened.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tunnel_opened(transport, setup);
         self.changed.notify_one();
     }
 
-    /// A relaying tunnel ended (closed, failed or cut).
-    pub fn tunnel_closed(&self) {
+    /// A relaying tunnel ended (closed, failed or cut) after relaying `up` bytes from
+    /// the client and `down` bytes to it.
+    pub(crate) fn tunnel_closed(&self, transport: Transport, up: u64, down: u64) {
         self.open_tunnels.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.tunnel_closed(transport, up, down);
         self.changed.notify_one();
     }
 
-    /// A connection was refused: at accept, in the TLS handshake or with an `ERROR` line.
-    pub fn refused(&self) {
+    /// A connection was refused, at accept or with an `ERROR` line.
+    pub(crate) fn refused(&self, refusal: &Refusal) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+        self.metrics.refused(refusal);
+        self.changed.notify_one();
+    }
+
+    /// A TLS handshake failed; it counts as a refusal.
+    pub(crate) fn tls_failed(&self, kind: TlsFailure) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tls_failed(kind);
         self.changed.notify_one();
     }
 
@@ -152,6 +179,8 @@ pub struct ProxyState {
     /// `[ssh_proxy.auth]` and `allow_listing`.
     pub access: Access,
     pub(crate) admission: Admission,
+    draining: AtomicBool,
+    trusted_proxies: Vec<Cidr>,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -172,6 +201,8 @@ impl ProxyState {
             stats: Stats::default(),
             access: Access::default(),
             admission: Admission::new(limits),
+            draining: AtomicBool::new(false),
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -179,6 +210,21 @@ impl ProxyState {
     pub fn with_access(mut self, access: Access) -> Self {
         self.access = access;
         self
+    }
+
+    /// Peers whose connections start with a PROXY protocol header naming the client.
+    pub fn with_trusted_proxies(mut self, trusted: Vec<Cidr>) -> Self {
+        self.trusted_proxies = trusted;
+        self
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
+    /// Whether shutdown began: no new connections, open tunnels draining.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 }
 
@@ -214,6 +260,7 @@ pub async fn serve(
         // The loops end only when `shutdown` fires; their sockets close with them.
         let _ = accept_loop.await;
     }
+    state.draining.store(true, Ordering::Relaxed);
     tracker.close();
     let open = state.stats.open_tunnels();
     if !tracker.is_empty() {
@@ -252,6 +299,7 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
+                state.stats.metrics.accept_failed();
                 warn!(error = %e, "accept failed; backing off");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -259,32 +307,110 @@ async fn accept_loop(
                 }
             }
         };
-        match Admission::admit(&state, peer.ip()) {
-            Ok(slot) => {
-                let connection = Connection {
-                    slot,
-                    peer,
-                    force: force.clone(),
-                    tracker: tracker.clone(),
-                };
-                tracker.spawn(connection.run(stream, listener.kind.clone()));
-            }
-            Err(refusal) => {
-                state.stats.refused();
-                warn!(peer = %peer, reason = %refusal, "connection refused");
-                if let ListenerKind::Plain = listener.kind {
-                    tracker.spawn(async move {
-                        let mut stream = stream;
-                        let _ = tokio::time::timeout(
-                            REFUSAL_LINGER,
-                            write_refusal(&mut stream, &refusal),
-                        )
-                        .await;
-                    });
-                }
-            }
+        let arrival = Arrival {
+            peer,
+            transport: listener.kind.transport(),
+            accepted: Instant::now(),
+        };
+        if state.trusts(peer.ip()) {
+            // The client's address is in the PROXY header: admission waits for it.
+            tracker.spawn(proxied(
+                Arc::clone(&state),
+                stream,
+                arrival,
+                listener.kind.clone(),
+                force.clone(),
+                tracker.clone(),
+            ));
+            continue;
+        }
+        admit(&state, stream, arrival, &listener.kind, &force, &tracker);
+    }
+}
+
+/// Counts `arrival` against the limits and starts its connection task, or refuses it
+/// (with an `ERROR` line on plain listeners; TLS clients could not read one).
+fn admit(
+    state: &Arc<ProxyState>,
+    stream: TcpStream,
+    arrival: Arrival,
+    kind: &ListenerKind,
+    force: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    match Admission::admit(state, arrival.peer.ip()) {
+        Ok(slot) => {
+            let connection = Connection {
+                slot,
+                arrival,
+                force: force.clone(),
+                tracker: tracker.clone(),
+            };
+            tracker.spawn(connection.run(stream, kind.clone()));
+        }
+        Err(refusal) => {
+            warn!(peer = %arrival.peer, reason = %refusal, "connection refused");
+            refuse(state, stream, kind, refusal, tracker);
         }
     }
+}
+
+/// Counts a refusal and, on a plain listener, sends its `ERROR` line from a task.
+fn refuse(
+    state: &ProxyState,
+    stream: TcpStream,
+    kind: &ListenerKind,
+    refusal: Refusal,
+    tracker: &TaskTracker,
+) {
+    state.stats.refused(&refusal);
+    if let ListenerKind::Plain = kind {
+        tracker.spawn(async move {
+            let mut stream = stream;
+            let _ =
+                tokio::time::timeout(REFUSAL_LINGER, write_refusal(&mut stream, &refusal)).await;
+        });
+    }
+}
+
+/// A connection from a trusted proxy: reads its PROXY header (under the request
+/// timeout), then admits the client the header names.
+async fn proxied(
+    state: Arc<ProxyState>,
+    mut stream: TcpStream,
+    mut arrival: Arrival,
+    kind: ListenerKind,
+    force: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let proxy = arrival.peer;
+    let read = tokio::time::timeout(state.timeouts.request, read_header(&mut stream));
+    let header = tokio::select! {
+        header = read => header,
+        () = force.cancelled() => return,
+    };
+    let failure = match header {
+        Ok(Ok(Some(client))) => {
+            arrival.peer = client;
+            None
+        }
+        // LOCAL (or UNKNOWN): the balancer speaks for itself, e.g. a health check.
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no complete PROXY header within the request timeout".to_owned()),
+    };
+    if let Some(why) = failure {
+        warn!(proxy = %proxy, error = %why, "PROXY header refused");
+        refuse(
+            &state,
+            stream,
+            &kind,
+            Refusal::Request(RequestError::Timeout),
+            &tracker,
+        );
+        return;
+    }
+    admit(&state, stream, arrival, &kind, &force, &tracker);
 }
 
 /// One admitted client connection.
@@ -296,7 +422,7 @@ async fn accept_loop(
 struct Connection {
     /// The connection's place in the limits; released when the connection ends.
     slot: Slot,
-    peer: SocketAddr,
+    arrival: Arrival,
     force: CancellationToken,
     tracker: TaskTracker,
 }
@@ -308,7 +434,7 @@ impl Connection {
         match kind {
             ListenerKind::Plain => {
                 let established = tokio::select! {
-                    established = open_tunnel(self.slot.state(), stream, self.peer, false) => established,
+                    established = open_tunnel(self.slot.state(), stream, self.arrival) => established,
                     () = self.force.cancelled() => return,
                 };
                 if let Some(established) = established {
@@ -322,21 +448,22 @@ impl Connection {
 
     async fn run_tls(self, stream: TcpStream, acceptor: TlsAcceptor) {
         let state = self.slot.state();
-        let peer = self.peer;
+        let arrival = self.arrival;
+        let peer = arrival.peer;
         let established = tokio::select! {
             established = async {
                 // ReadAhead: rustls reads its socket 4 KiB at a time otherwise.
                 let stream = relay::ReadAhead::new(stream);
                 let handshake = tokio::time::timeout(state.timeouts.tls_handshake, acceptor.accept(stream));
                 match handshake.await {
-                    Ok(Ok(stream)) => open_tunnel(state, stream, peer, true).await,
+                    Ok(Ok(stream)) => open_tunnel(state, stream, arrival).await,
                     Ok(Err(e)) => {
-                        state.stats.refused();
+                        state.stats.tls_failed(TlsFailure::Error);
                         warn!(peer = %peer, error = %e, "TLS handshake failed");
                         None
                     }
                     Err(_) => {
-                        state.stats.refused();
+                        state.stats.tls_failed(TlsFailure::Timeout);
                         warn!(peer = %peer, "TLS handshake timed out");
                         None
                     }
@@ -387,9 +514,12 @@ impl Connection {
                     () = self.force.cancelled() => None,
                 }
             };
-            state.stats.tunnel_closed();
+            let (up, down) = outcome
+                .as_ref()
+                .map_or((0, 0), |o| (o.stats.a_to_b, o.stats.b_to_a));
+            state.stats.tunnel_closed(self.arrival.transport, up, down);
             let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let (task_id, peer, runner) = (tunnel.task_id, self.peer, &tunnel.runner_addr);
+            let (task_id, peer, runner) = (tunnel.task_id, self.arrival.peer, &tunnel.runner_addr);
             match outcome {
                 Some(outcome) => {
                     let end = match &outcome.result {
@@ -448,9 +578,14 @@ mod tests {
             },
         ));
         let peer = client.peer_addr().expect("peer");
+        let arrival = Arrival {
+            peer,
+            transport: Transport::Plain,
+            accepted: Instant::now(),
+        };
         let connection = || Connection {
             slot: Admission::admit(&state, peer.ip()).expect("admitted"),
-            peer,
+            arrival,
             force: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };

@@ -457,3 +457,40 @@ fn journald_missing_falls_back_to_stderr_with_a_warning() {
     lines.wait_for("journald socket unavailable; logging to stderr");
     lines.wait_for("listening");
 }
+
+/// A socket named `admin` serves the admin endpoints, not tunnels.
+#[test]
+fn adopts_a_socket_named_admin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = database(dir.path(), echo_runner());
+    let plain = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (plain_addr, admin_addr) = (
+        plain.local_addr().expect("a"),
+        admin.local_addr().expect("a"),
+    );
+    let db_arg = db.to_str().expect("utf8");
+    let args = ["serve", "--db", db_arg, "--log-format", "text"];
+    let mut proxy = Killed(socket_activated(
+        plain.into(),
+        Some(admin.into()),
+        "plain:admin",
+        2,
+        &args,
+    ));
+    let mut lines = Lines::of(&mut proxy.0);
+    let tunnel = lines.wait_for("transport=plain");
+    assert_eq!(addr_field(&tunnel), plain_addr.to_string());
+    let line = lines.wait_for("admin listening");
+    assert_eq!(addr_field(&line), admin_addr.to_string());
+
+    let mut http = TcpStream::connect(admin_addr).expect("connect admin");
+    http.set_read_timeout(Some(WAIT)).expect("timeout");
+    http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut reply = String::new();
+    http.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nok\n"), "{reply}");
+    plain_round_trip(&plain_addr.to_string(), 5);
+}
