@@ -166,9 +166,9 @@ pub(crate) fn connect_reason(err: &io::Error) -> String {
                 .to_owned()
         }
         io::ErrorKind::TimedOut => "connection timed out".to_owned(),
-        _ => match err.raw_os_error() {
-            Some(libc::EHOSTUNREACH) => "no route to host".to_owned(),
-            Some(libc::ENETUNREACH) => "network is unreachable".to_owned(),
+        _ => match rustix::io::Errno::from_io_error(err) {
+            Some(rustix::io::Errno::HOSTUNREACH) => "no route to host".to_owned(),
+            Some(rustix::io::Errno::NETUNREACH) => "network is unreachable".to_owned(),
             _ => lowercase_first(&err.to_string()),
         },
     }
@@ -213,7 +213,7 @@ mod tests {
     fn connect_reasons_are_one_line() {
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         assert!(connect_reason(&refused).starts_with("connection refused"));
-        let unreach = io::Error::from_raw_os_error(libc::EHOSTUNREACH);
+        let unreach = io::Error::from(rustix::io::Errno::HOSTUNREACH);
         assert_eq!(connect_reason(&unreach), "no route to host");
         assert!(!connect_reason(&io::Error::other("Boom\nx")).starts_with('B'));
     }

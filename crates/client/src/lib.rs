@@ -22,6 +22,8 @@
 //!
 //! The wire protocol and the relay come from `hakuriver-tunnel`, shared with the proxy.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod config;
 pub mod dial;

@@ -130,7 +130,7 @@ pub async fn run(connector: Connector, task: TaskRef, ssh: SshCommand) -> Result
             Some(signo) = signals.next() => {
                 // ssh owns the terminal and decides how to end; it usually got the same
                 // signal from the terminal already, and a repeat is harmless.
-                tracing::debug!(signo, "forwarding signal to ssh");
+                tracing::debug!(signo = signo.as_raw(), "forwarding signal to ssh");
                 if let Some(pid) = child_pid {
                     forward_signal(pid, signo);
                 }
@@ -207,12 +207,13 @@ impl Signals {
     }
 
     /// The next signal received.
-    async fn next(&mut self) -> Option<i32> {
+    async fn next(&mut self) -> Option<rustix::process::Signal> {
+        use rustix::process::Signal as S;
         tokio::select! {
-            Some(()) = recv(&mut self.interrupt) => Some(libc::SIGINT),
-            Some(()) = recv(&mut self.terminate) => Some(libc::SIGTERM),
-            Some(()) = recv(&mut self.hangup) => Some(libc::SIGHUP),
-            Some(()) = recv(&mut self.quit) => Some(libc::SIGQUIT),
+            Some(()) = recv(&mut self.interrupt) => Some(S::INT),
+            Some(()) = recv(&mut self.terminate) => Some(S::TERM),
+            Some(()) = recv(&mut self.hangup) => Some(S::HUP),
+            Some(()) = recv(&mut self.quit) => Some(S::QUIT),
             else => None,
         }
     }
@@ -226,19 +227,18 @@ async fn recv(stream: &mut Option<Signal>) -> Option<()> {
     }
 }
 
-/// Sends `signo` to our ssh child.
-///
-/// The one `unsafe` in the client: `kill(2)` has no safe wrapper in std or tokio (tokio
-/// only offers SIGKILL, which would leave the terminal in raw mode). `pid` comes from
-/// our own `Child` that has not been reaped yet (we are still waiting on it), so it
-/// cannot name another process.
-#[allow(unsafe_code)]
-fn forward_signal(pid: u32, signo: i32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+/// Sends `signo` to our ssh child, with rustix's `kill(2)` (std and tokio only offer
+/// SIGKILL, which would leave the terminal in raw mode). `pid` comes from our own `Child`
+/// that has not been reaped yet (we are still waiting on it), so it cannot name another
+/// process.
+fn forward_signal(pid: u32, signo: rustix::process::Signal) {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    let _ = unsafe { libc::kill(pid, signo) };
+    let _ = rustix::process::kill_process(pid, signo);
 }
 
 #[cfg(test)]
@@ -277,7 +277,13 @@ mod tests {
     fn exit_codes_follow_the_shell_convention() {
         assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
         assert_eq!(exit_code(ExitStatus::from_raw(255 << 8)), 255);
-        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGINT)), 130);
-        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGTERM)), 143);
+        assert_eq!(
+            exit_code(ExitStatus::from_raw(rustix::process::Signal::INT.as_raw())),
+            130
+        );
+        assert_eq!(
+            exit_code(ExitStatus::from_raw(rustix::process::Signal::TERM.as_raw())),
+            143
+        );
     }
 }

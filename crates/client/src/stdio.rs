@@ -71,18 +71,13 @@ impl tokio::io::AsyncWrite for ClosingStdout {
     }
 }
 
-/// Points fd 1 at /dev/null, which closes our end of the pipe to ssh (its reader sees
-/// EOF) without leaving fd 1 free for some later `open` to take.
-#[allow(unsafe_code)]
+/// Points fd 1 at /dev/null (`dup2(2)` through rustix), which closes our end of the pipe
+/// to ssh (its reader sees EOF) without leaving fd 1 free for some later `open` to take.
+/// Nothing else writes to stdout after the relay's flush above (in --stdio mode stdout is
+/// the data channel, used only by the relay).
 fn end_stdout() -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    // SAFETY: dup2(2) takes two descriptor numbers: `null` is open for the duration of
-    // the call, and fd 1 is stdout, which nothing else writes to after the relay's
-    // flush above (in --stdio mode stdout is the data channel, used only by the relay).
-    if unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    rustix::stdio::dup2_stdout(&null)?;
     Ok(())
 }
 

@@ -151,11 +151,15 @@ fn adopt(fd: RawFd) -> Result<StdListener> {
     Ok(socket.into())
 }
 
-/// Whether `fd` is an open descriptor of this process.
+/// Whether `fd` is an open descriptor of this process (`fcntl(F_GETFD)` through rustix).
 #[allow(unsafe_code)]
 fn fd_is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only reads the descriptor flags; it is defined for any integer.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    // SAFETY: nothing safe borrows a descriptor known only by its number. The borrow
+    // lives for this one F_GETFD call, which only reads the descriptor flags (the kernel
+    // answers EBADF for a number that is not open); nothing is read, written or closed
+    // through it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_getfd(borrowed).is_ok()
 }
 
 /// Takes ownership of an fd inherited from systemd.

@@ -12,6 +12,8 @@
 //! - [`config`]: the parts of HakuRiver's `config.toml` both binaries read, and the
 //!   duration type our own sections use.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod net;
 pub mod protocol;

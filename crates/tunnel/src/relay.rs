@@ -634,7 +634,7 @@ mod splice {
 
     use std::io;
     use std::net::Shutdown;
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
     use std::sync::Mutex;
     use std::task::{ready, Context, Poll};
 
@@ -735,7 +735,7 @@ mod splice {
                         unreachable!("bytes in flight without a pipe")
                     };
                     match dst.try_io(Interest::WRITABLE, || {
-                        sys::splice(p.read.as_raw_fd(), dst.as_fd().as_raw_fd(), self.in_pipe)
+                        sys::splice(p.read.as_fd(), dst.as_fd(), self.in_pipe)
                     }) {
                         Ok(n) => {
                             self.in_pipe -= n;
@@ -756,7 +756,7 @@ mod splice {
                     unreachable!("a pipe was just taken")
                 };
                 match src.try_io(Interest::READABLE, || {
-                    sys::splice(src.as_fd().as_raw_fd(), p.write.as_raw_fd(), PIPE_SIZE)
+                    sys::splice(src.as_fd(), p.write.as_fd(), PIPE_SIZE)
                 }) {
                     Ok(0) => {
                         if let Some(p) = self.pipe.take() {
@@ -786,49 +786,26 @@ mod splice {
     }
 
     mod sys {
-        //! The two system calls std and tokio do not wrap. The only `unsafe` in the crate.
-        #![allow(unsafe_code)]
+        //! The pipe and splice(2) calls std and tokio do not wrap, through rustix's safe
+        //! wrappers.
 
         use super::*;
+        use rustix::pipe::{PipeFlags, SpliceFlags};
 
         /// A non-blocking, close-on-exec pipe resized to [`PIPE_SIZE`] (best effort: the
         /// kernel may cap it at `/proc/sys/fs/pipe-max-size`).
         pub fn pipe() -> io::Result<Pipe> {
-            let mut fds = [0 as libc::c_int; 2];
-            // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-            let (read, write) =
-                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-            // SAFETY: F_SETPIPE_SZ on a pipe fd we own; failure only leaves the default size.
-            unsafe {
-                libc::fcntl(
-                    write.as_raw_fd(),
-                    libc::F_SETPIPE_SZ,
-                    PIPE_SIZE as libc::c_int,
-                )
-            };
+            let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+            // Failure only leaves the default size.
+            let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
             Ok(Pipe { read, write })
         }
 
         /// `splice(from, NULL, to, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)`: bytes moved,
         /// 0 at EOF of `from`.
-        pub fn splice(from: libc::c_int, to: libc::c_int, len: usize) -> io::Result<usize> {
-            // SAFETY: both fds are open for the duration of the call (borrowed from owned
-            // sockets/pipes by the caller); null offsets are allowed for pipes and sockets.
-            let n = unsafe {
-                libc::splice(
-                    from,
-                    std::ptr::null_mut(),
-                    to,
-                    std::ptr::null_mut(),
-                    len,
-                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-                )
-            };
-            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+            let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+            Ok(rustix::pipe::splice(from, None, to, None, len, flags)?)
         }
     }
 }
