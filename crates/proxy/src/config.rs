@@ -681,6 +681,32 @@ key_file = "/etc/k.pem"
         );
     }
 
+    /// The shipped configs (deploy/config) and the README's examples parse.
+    #[test]
+    fn shipped_examples_parse() {
+        let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(top.join("deploy/config")).expect("deploy/config") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                from_str(&text, &Overrides::default())
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                checked += 1;
+            }
+        }
+        let readme = std::fs::read_to_string(top.join("README.md")).expect("README");
+        for block in readme.split("```toml\n").skip(1) {
+            let block = block.split("```").next().unwrap_or_default();
+            if block.contains("[ssh_proxy") || block.contains("[network]") {
+                from_str(block, &Overrides::default())
+                    .unwrap_or_else(|e| panic!("README example {block:?}: {e:#}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "only {checked} examples found");
+    }
+
     #[test]
     fn admin_and_trusted_proxies_are_read() {
         let settings = from_str("", &Overrides::default()).expect("defaults");
