@@ -347,6 +347,12 @@ fn check(settings: &Settings) -> Result<ExitCode> {
         let cert = tls::ServingCert::load(settings)?;
         println!("tls:       {}", cert.fingerprint());
     }
+    for addr in &settings.admin.listen {
+        println!("admin:     {addr} (/metrics, /healthz, /readyz)");
+    }
+    for net in &settings.trusted_proxies {
+        println!("trusted proxy: {net}");
+    }
     println!("database:  {}", settings.db_path.display());
     let directory = TaskDirectory::new(&settings.db_path);
     let cannot_read = || {

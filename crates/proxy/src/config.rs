@@ -237,6 +237,12 @@ impl Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 impl std::str::FromStr for Cidr {
     type Err = CidrError;
 
@@ -774,6 +780,32 @@ key_file = "/etc/k.pem"
             one.contains("127.0.0.1".parse().expect("ip"))
                 && !one.contains("127.0.0.2".parse().expect("ip"))
         );
+    }
+
+    /// The shipped configs (deploy/config) and the README's examples parse.
+    #[test]
+    fn shipped_examples_parse() {
+        let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(top.join("deploy/config")).expect("deploy/config") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                from_str(&text, &Overrides::default())
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                checked += 1;
+            }
+        }
+        let readme = std::fs::read_to_string(top.join("README.md")).expect("README");
+        for block in readme.split("```toml\n").skip(1) {
+            let block = block.split("```").next().unwrap_or_default();
+            if block.contains("[ssh_proxy") || block.contains("[network]") {
+                from_str(block, &Overrides::default())
+                    .unwrap_or_else(|e| panic!("README example {block:?}: {e:#}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "only {checked} examples found");
     }
 
     #[test]

@@ -330,6 +330,28 @@ fn metrics_count_tunnels_refusals_and_bytes() {
     for key in after.samples.keys() {
         assert!(!key.contains("99") && !key.contains("127.0.0.1"), "{key}");
     }
+    // Every metric the dashboard and the README name is served.
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for doc in ["packaging/grafana/hakuriver-ssh-proxy.json", "README.md"] {
+        let text = std::fs::read_to_string(top.join(doc)).expect("doc");
+        let mut named = 0;
+        for (at, _) in text.match_indices(P) {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            named += 1;
+            assert!(
+                after.types.contains_key(&name)
+                    || after
+                        .samples
+                        .keys()
+                        .any(|k| k.split('{').next() == Some(name.as_str())),
+                "{doc} names {name}, which /metrics does not serve"
+            );
+        }
+        assert!(named >= 8, "{doc} names only {named} metrics");
+    }
     drop(r.proxy);
 }
 
