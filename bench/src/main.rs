@@ -676,15 +676,17 @@ struct Ours {
     fingerprint: Fingerprint,
 }
 
-/// Our proxy with a plain and a TLS listener and limits out of the way.
-fn start_ours(bin: &Path, db: &Path) -> Result<Ours> {
+/// Our proxy with a plain and a TLS listener and limits out of the way (the bench runs
+/// from one address: the per-address limits are switched off). `extra` is appended to
+/// the `[ssh_proxy]` section.
+fn start_ours(bin: &Path, db: &Path, extra: &str) -> Result<Ours> {
     let proxy = Proxy::builder(db)
         .program(bin)
         .quiet()
-        .config(
+        .config(&format!(
             "[ssh_proxy]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n\
-             lookups_per_minute_per_ip = 0",
-        )
+             lookups_per_minute_per_ip = 0\n{extra}"
+        ))
         .args(["--tls-listen", "127.0.0.1:0"])
         .listeners(2)
         .start()?;
@@ -700,6 +702,26 @@ fn start_ours(bin: &Path, db: &Path) -> Result<Ours> {
         .parse()
         .map_err(|e| anyhow!("fingerprint: {e:?}"))?;
     Ok(Ours { proxy, fingerprint })
+}
+
+/// GETs `/metrics` from `admin` once a second until the bench ends; each scrape must
+/// answer 200.
+async fn scrape_every_second(admin: SocketAddr) -> Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let mut s = TcpStream::connect(admin).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await?;
+        if !reply.starts_with(b"HTTP/1.1 200") {
+            bail!(
+                "/metrics answered {:?}",
+                String::from_utf8_lossy(&reply[..reply.len().min(40)])
+            );
+        }
+    }
 }
 
 fn start_socat(runner: SocketAddr) -> Result<(Process, SocketAddr)> {
@@ -777,9 +799,18 @@ fn parse_args() -> Result<Args> {
         idle: 9900,
         stall: 8,
         ssh_mb: 200,
-        targets: ["direct", "ours", "ours-tls", "socat", "haproxy", "python"]
-            .map(String::from)
-            .to_vec(),
+        targets: [
+            "direct",
+            "ours",
+            "ours-tls",
+            "ours-idle",
+            "ours-admin",
+            "socat",
+            "haproxy",
+            "python",
+        ]
+        .map(String::from)
+        .to_vec(),
         skip: Vec::new(),
         proxy_bin: exe_dir.join("hakuriver-ssh-proxy"),
         client_bin: exe_dir.join("hakuriver-ssh"),
@@ -886,10 +917,45 @@ async fn main() -> Result<()> {
         });
     }
     let ours = if want("ours") || want("ours-tls") {
-        Some(start_ours(&args.proxy_bin, db.path())?)
+        Some(start_ours(&args.proxy_bin, db.path(), "")?)
     } else {
         None
     };
+    // The same proxy with idle_timeout_secs set: the relay keeps splice and adds a timer.
+    let ours_idle = if want("ours-idle") {
+        Some(start_ours(
+            &args.proxy_bin,
+            db.path(),
+            "idle_timeout_secs = 3600",
+        )?)
+    } else {
+        None
+    };
+    // With the admin listener on and /metrics scraped every second (a tight Prometheus
+    // scrape interval): what counting and serving metrics cost.
+    let (ours_admin, _scraper) = if want("ours-admin") {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let o = start_ours(
+            &args.proxy_bin,
+            db.path(),
+            &format!("[ssh_proxy.admin]\nlisten = [\"{admin}\"]"),
+        )?;
+        wait_listening(admin, "admin listener").await?;
+        (Some(o), Some(tokio::spawn(scrape_every_second(admin))))
+    } else {
+        (None, None)
+    };
+    for (name, o) in [("ours-idle", &ours_idle), ("ours-admin", &ours_admin)] {
+        if let Some(o) = o {
+            targets.push(Target {
+                name,
+                addr: o.proxy.addr(),
+                protocol: true,
+                tls: None,
+                pid: Some(o.proxy.pid()),
+            });
+        }
+    }
     if let Some(o) = &ours {
         if want("ours") {
             targets.push(Target {
