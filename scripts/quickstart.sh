@@ -11,7 +11,15 @@
 #      ProxyCommand mode with plain `ssh`, and prints what the VPS answered.
 # Everything runs on loopback and is cleaned up on exit. Needs root only to install
 # missing packages (openssh-server, openssh-client, sqlite3).
+#
+#   bash scripts/quickstart.sh --kohakuriver
+# does the same on a KohakuRiver 1.0 database (deploy/demo/seed.sh's variant: user
+# "demo" owns VPS task 42, named "demo"; task 44 belongs to another user) with the
+# proxy enforcing KohakuRiver's access rule over TLS: `list`, a session by name, and
+# the refusals for another user's task and for no token.
 set -euo pipefail
+MODE=${1:-hakuriver}
+case "$MODE" in hakuriver | --kohakuriver) ;; *) echo "usage: $0 [--kohakuriver]" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -61,6 +69,46 @@ EOF
 install -d -m 0755 /run/sshd 2>/dev/null || true
 /usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" &
 pids+=($!)
+
+if [[ $MODE == --kohakuriver ]]; then
+    TOKEN=kr-quickstart-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+    say "writing a KohakuRiver 1.0 database (deploy/demo/seed.sh)"
+    DB="$work/kohakuriver.db" DEMO_SCHEMA=kohakuriver DEMO_TOKEN="$TOKEN" DEMO_RUNNER_HOST=127.0.0.1 \
+        DEMO_SSH_PORT="$vps_port" sh deploy/demo/seed.sh >&2
+    say "starting hakuriver-ssh-proxy: [ssh_proxy.auth] mode = \"kohakuriver\", TLS"
+    printf '[ssh_proxy.auth]\nmode = "kohakuriver"\n' >"$work/proxy.toml"
+    "$BIN/hakuriver-ssh-proxy" serve --config "$work/proxy.toml" --bind 127.0.0.1 --port 0 --tls \
+        --state-dir "$work/state" --db "$work/kohakuriver.db" --log-format text 2>"$work/proxy.log" &
+    pids+=($!)
+    for _ in $(seq 100); do
+        grep -q 'listening addr=' "$work/proxy.log" && break
+        sleep 0.1
+    done
+    proxy_addr=$(grep -o 'listening addr=[^ ]*' "$work/proxy.log" | head -n1 | cut -d= -f2)
+    [[ -n $proxy_addr ]] || { cat "$work/proxy.log" >&2; echo "proxy did not start" >&2; exit 1; }
+    proxy_port=${proxy_addr##*:}
+    fp=$("$BIN/hakuriver-ssh-proxy" fingerprint --config "$work/proxy.toml" --tls --state-dir "$work/state")
+    ssh_opts=(-i "$work/user_key" -o "UserKnownHostsFile=$work/known_hosts" -o StrictHostKeyChecking=accept-new
+        -o BatchMode=yes -o LogLevel=ERROR)
+    client=("$BIN/hakuriver-ssh" --host 127.0.0.1 --proxy-port "$proxy_port" --tls --fingerprint "$fp" --user "$(id -un)")
+    export KOHAKURIVER_TOKEN=$TOKEN
+    say "KOHAKURIVER_TOKEN=... hakuriver-ssh --tls list"
+    "${client[@]}" list
+    say "hakuriver-ssh --tls demo -- <command>   (by name, as its owner)"
+    "${client[@]}" demo "${ssh_opts[@]}" -- 'echo "hello from the VPS named demo: $(hostname)"'
+    echo "exit status: $?" >&2
+    say "hakuriver-ssh --tls 44   (another user's VPS)"
+    set +e
+    "${client[@]}" 44 "${ssh_opts[@]}" -- true
+    echo "exit status: $?" >&2
+    say "hakuriver-ssh 42 without a token"
+    env -u KOHAKURIVER_TOKEN HOME="$work" "${client[@]}" 42 "${ssh_opts[@]}" -- true
+    echo "exit status: $?" >&2
+    set -e
+    say "proxy log"
+    cat "$work/proxy.log" >&2
+    exit 0
+fi
 
 say "writing a HakuRiver database with VPS task $TASK_ID"
 sqlite3 "$work/hakuriver.db" <<EOF
