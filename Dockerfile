@@ -94,7 +94,13 @@ EXPOSE 8002
 STOPSIGNAL SIGTERM
 # `health` makes a real REQUEST_TUNNEL 0 exchange with the main listener of the
 # config it finds (/etc/hakuriver/config.toml) and expects "Task 0 not found":
-# the daemon answers AND reads its database.
+# the daemon answers AND reads its database. It works with any mounted config,
+# so it stays the image's check. With the admin listener configured
+# ([ssh_proxy.admin] listen = ["127.0.0.1:9102"]), GET /readyz also turns 503
+# while the proxy drains after SIGTERM: deploy/docker-compose.yml probes it with
+# bash's /dev/tcp (the image has no curl), and an orchestrator should use it as
+# its readiness probe (an httpGet needs a non-loopback listen address and
+# allow_remote = true; see docs/replicas.md).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
     CMD ["hakuriver-ssh-proxy", "health", "--timeout", "3"]
 ENTRYPOINT ["hakuriver-ssh-proxy"]

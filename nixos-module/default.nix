@@ -36,12 +36,29 @@ let
   tlsOwnPort = tlsEnabled && cfg.tls.port != null;
   tlsOnMain = tlsEnabled && cfg.tls.port == null;
 
+  adminEnabled = cfg.admin.enable;
+  adminListen = withPort cfg.admin.port cfg.admin.listenAddress;
+  # What the daemon's own check accepts without allow_remote: 127.0.0.0/8 and ::1
+  # (an IPv4-mapped loopback counts too).
+  isLoopback =
+    addr:
+    lib.hasPrefix "127." addr
+    || addr == "[::1]"
+    || lib.hasPrefix "[::ffff:127." (lib.toLower addr)
+    || addr == "[0:0:0:0:0:0:0:1]";
+
   # "0.0.0.0" -> "0.0.0.0:8002", "[::]" -> "[::]:8002"
   withPort = port: addr: "${addr}:${toString port}";
   stripBrackets = addr: lib.removeSuffix "]" (lib.removePrefix "[" addr);
 
   # TOML has no null: unset optional keys are left out so the daemon's defaults apply.
-  renderedSettings = lib.filterAttrsRecursive (_: v: v != null) cfg.settings;
+  # Without socket activation the admin address goes into the file (the daemon binds it);
+  # with it, the hakuriver-ssh-proxy-admin socket hands the descriptor over instead.
+  renderedSettings = lib.recursiveUpdate (lib.filterAttrsRecursive (_: v: v != null) cfg.settings) (
+    optionalAttrs (adminEnabled && !cfg.socketActivation) {
+      ssh_proxy.admin.listen = [ adminListen ];
+    }
+  );
   configFile = settingsFormat.generate "hakuriver-ssh-proxy.toml" renderedSettings;
 
   # systemd expands ${CREDENTIALS_DIRECTORY}; these two arguments must therefore not go
@@ -88,6 +105,7 @@ let
     [ "ssh_proxy" "tls" "listen" ]
     [ "ssh_proxy" "tls" "cert_file" ]
     [ "ssh_proxy" "tls" "key_file" ]
+    [ "ssh_proxy" "admin" "listen" ]
   ];
 
   socketDefaults = {
@@ -201,6 +219,43 @@ in
       };
     };
 
+    admin = {
+      enable = mkEnableOption ''
+        the admin HTTP listener: `GET /metrics` (Prometheus), `/healthz` (the process serves)
+        and `/readyz` (listeners up, database readable, not draining; 503 with a one-line
+        reason otherwise). Plain HTTP without authentication, separate from the tunnel ports.
+        With {option}`socketActivation` it is the socket unit `hakuriver-ssh-proxy-admin.socket`
+        (descriptor name `admin`), otherwise `[ssh_proxy.admin] listen` in the config file
+      '';
+
+      listenAddress = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        example = "[::1]";
+        description = ''
+          Address of the admin listener; IPv6 in brackets. Anything but loopback
+          (`127.0.0.0/8`, `[::1]`) also needs
+          {option}`settings.ssh_proxy.admin.allow_remote` = true, since the endpoints have no
+          authentication (the daemon refuses to start otherwise, and so does this module).
+        '';
+      };
+
+      port = mkOption {
+        type = types.port;
+        default = 9102;
+        description = "TCP port of the admin listener.";
+      };
+
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Open {option}`admin.port` in the firewall, e.g. for a Prometheus server on another
+          machine (with a non-loopback {option}`admin.listenAddress`).
+        '';
+      };
+    };
+
     databaseGroup = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -234,8 +289,9 @@ in
       description = ''
         The proxy's config file: HakuRiver's host `config.toml` format plus the optional
         `[ssh_proxy]` section. Other HakuRiver keys are accepted and ignored by the proxy.
-        `ssh_proxy.listen` and `ssh_proxy.tls.{enable,listen,cert_file,key_file}` are set
-        through {option}`listenAddresses` and {option}`tls` instead.
+        `ssh_proxy.listen`, `ssh_proxy.tls.{enable,listen,cert_file,key_file}` and
+        `ssh_proxy.admin.listen` are set through {option}`listenAddresses`, {option}`tls`
+        and {option}`admin` instead.
       '';
       example = literalExpression ''
         {
@@ -358,6 +414,39 @@ in
                     sees every VPS task, as every client may reach every VPS without auth.
                   '';
                 };
+                trusted_proxies = mkOption {
+                  type = types.nullOr (types.listOf types.str);
+                  default = null;
+                  example = [
+                    "10.0.0.0/8"
+                    "192.0.2.7"
+                  ];
+                  description = ''
+                    Load balancers (addresses or CIDR networks) whose connections start with a
+                    PROXY protocol v1 or v2 header, e.g. HAProxy with `send-proxy-v2` (daemon
+                    default: none). From these peers the header is required and the client
+                    address it carries is the one the limits, the allowlist, the logs and the
+                    metrics see; from any other peer a PROXY header is a bad request. On TLS
+                    listeners the header comes before the ClientHello. See docs/replicas.md.
+                  '';
+                };
+                admin = mkOption {
+                  default = { };
+                  description = "`[ssh_proxy.admin]`; `listen` comes from {option}`admin`.";
+                  type = types.submodule {
+                    freeformType = settingsFormat.type;
+                    options.allow_remote = mkOption {
+                      type = types.nullOr types.bool;
+                      default = null;
+                      description = ''
+                        Allow a non-loopback {option}`admin.listenAddress` (daemon default false).
+                        `/metrics`, `/healthz` and `/readyz` have no authentication: expose them
+                        only to a network you trust (a Prometheus server, a load balancer's
+                        health checks).
+                      '';
+                    };
+                  };
+                };
                 auth = mkOption {
                   default = { };
                   description = "`[ssh_proxy.auth]`: who may open which tunnel.";
@@ -433,6 +522,18 @@ in
             message = "${opt}.settings.ssh_proxy.auth.mode = \"kohakuriver\" needs TLS on every listener: set ${opt}.tls.mode (not \"off\") and leave ${opt}.tls.port null, so no plain port is served (API tokens must never cross plain TCP).";
           }
           {
+            assertion = !adminEnabled || isLoopback cfg.admin.listenAddress || cfg.settings.ssh_proxy.admin.allow_remote == true;
+            message = "${opt}.admin.listenAddress = \"${cfg.admin.listenAddress}\" is not a loopback address: set ${opt}.settings.ssh_proxy.admin.allow_remote = true to expose /metrics, /healthz and /readyz (they have no authentication), or listen on 127.0.0.1.";
+          }
+          {
+            assertion = !adminEnabled || (!(lib.hasInfix ":" cfg.admin.listenAddress) || (lib.hasPrefix "[" cfg.admin.listenAddress && lib.hasSuffix "]" cfg.admin.listenAddress));
+            message = "${opt}.admin.listenAddress: IPv6 address \"${cfg.admin.listenAddress}\" must be written in brackets, e.g. \"[${cfg.admin.listenAddress}]\".";
+          }
+          {
+            assertion = !adminEnabled || (cfg.admin.port != 0 && cfg.admin.port != cfg.port && cfg.admin.port != cfg.tls.port);
+            message = "${opt}.admin.port must not be 0 and must differ from ${opt}.port and ${opt}.tls.port: the admin listener is separate from the tunnel ports.";
+          }
+          {
             assertion = cfg.tls.port == null || tlsEnabled;
             message = "${opt}.tls.port is set but ${opt}.tls.mode is \"off\".";
           }
@@ -455,7 +556,7 @@ in
         }) cfg.listenAddresses
         ++ map (path: {
           assertion = !(lib.hasAttrByPath path cfg.settings);
-          message = "${opt}.settings.${lib.concatStringsSep "." path} is derived from ${opt}.listenAddresses/tls.*; set those instead.";
+          message = "${opt}.settings.${lib.concatStringsSep "." path} is derived from ${opt}.listenAddresses/tls.*/admin.*; set those instead.";
         }) managedSettings;
 
       environment.systemPackages = [ cfg.package ];
@@ -463,9 +564,9 @@ in
       # --config /etc/hakuriver-ssh-proxy/config.toml`.
       environment.etc."hakuriver-ssh-proxy/config.toml".source = configFile;
 
-      networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall (
-        [ cfg.port ] ++ optional tlsOwnPort cfg.tls.port
-      );
+      networking.firewall.allowedTCPPorts =
+        optionals cfg.openFirewall ([ cfg.port ] ++ optional tlsOwnPort cfg.tls.port)
+        ++ optional (adminEnabled && cfg.admin.openFirewall) cfg.admin.port;
 
       systemd.services.hakuriver-ssh-proxy = {
         description = "HakuRiver SSH proxy";
@@ -543,7 +644,7 @@ in
               "tls-key:${cfg.tls.keyFile}"
             ];
           }
-          // optionalAttrs (!cfg.socketActivation && (cfg.port < 1024 || (tlsOwnPort && cfg.tls.port < 1024))) {
+          // optionalAttrs (!cfg.socketActivation && (cfg.port < 1024 || (tlsOwnPort && cfg.tls.port < 1024) || (adminEnabled && cfg.admin.port < 1024))) {
             # Binding itself to a privileged port needs exactly this capability.
             CapabilityBoundingSet = "CAP_NET_BIND_SERVICE";
             AmbientCapabilities = "CAP_NET_BIND_SERVICE";
@@ -575,10 +676,28 @@ in
         };
       };
 
+      # The admin listener, likewise a unit of its own; the daemon serves a descriptor
+      # named "admin" as /metrics, /healthz and /readyz (and checks its address is
+      # loopback unless allow_remote is set).
+      systemd.sockets.hakuriver-ssh-proxy-admin = mkIf adminEnabled {
+        description = "HakuRiver SSH proxy admin listener (metrics and health)";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ adminListen ];
+        socketConfig = socketDefaults // {
+          FileDescriptorName = "admin";
+          Service = "hakuriver-ssh-proxy.service";
+        };
+      };
+
       systemd.services.hakuriver-ssh-proxy = {
         requires = [ "hakuriver-ssh-proxy.socket" ];
-        after = [ "hakuriver-ssh-proxy.socket" ] ++ optional tlsOwnPort "hakuriver-ssh-proxy-tls.socket";
-        wants = optional tlsOwnPort "hakuriver-ssh-proxy-tls.socket";
+        after =
+          [ "hakuriver-ssh-proxy.socket" ]
+          ++ optional tlsOwnPort "hakuriver-ssh-proxy-tls.socket"
+          ++ optional adminEnabled "hakuriver-ssh-proxy-admin.socket";
+        wants =
+          optional tlsOwnPort "hakuriver-ssh-proxy-tls.socket"
+          ++ optional adminEnabled "hakuriver-ssh-proxy-admin.socket";
       };
     })
 

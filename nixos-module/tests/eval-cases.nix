@@ -90,6 +90,7 @@ in
           (check (builtins.elem "hakuriver-ssh-proxy.socket" s.after) "service after the socket")
           (check (s.wantedBy == [ ]) "socket-activated service is not started at boot")
           (check (!(config.systemd.sockets ? hakuriver-ssh-proxy-tls)) "no TLS socket by default")
+          (check (!(config.systemd.sockets ? hakuriver-ssh-proxy-admin)) "no admin socket by default")
           (check (
             builtins.match "/nix/store/[^ ]*/bin/hakuriver-ssh-proxy \"serve\" \"--config\" \"/nix/store/[^ ]*-hakuriver-ssh-proxy.toml\"" s.serviceConfig.ExecStart != null
           ) "ExecStart is `serve --config <store file>` only, got ${s.serviceConfig.ExecStart}")
@@ -114,6 +115,7 @@ in
               database.db_file = "/var/lib/hakuriver/hakuriver.db";
               ssh_proxy.tls = { };
               ssh_proxy.auth = { };
+              ssh_proxy.admin = { };
             }
           ) "rendered TOML has no nulls: ${builtins.toJSON config.environment.etc."hakuriver-ssh-proxy/config.toml".source.value}")
         ];
@@ -485,6 +487,220 @@ in
       checks =
         { failedModuleAssertions, ... }:
         [ (fired failedModuleAssertions "services.hakuriver.sshProxy.settings.ssh_proxy.auth.mode = \"kohakuriver\" needs TLS") ];
+    };
+    admin-socket = {
+      modules = [
+        enable
+        { services.hakuriver.sshProxy.admin.enable = true; }
+      ];
+      checks =
+        { config, ... }:
+        let
+          a = config.systemd.sockets.hakuriver-ssh-proxy-admin;
+          s = svc config;
+          v = config.environment.etc."hakuriver-ssh-proxy/config.toml".source.value;
+        in
+        [
+          (check (a.listenStreams == [ "127.0.0.1:9102" ]) "admin socket on 127.0.0.1:9102, got ${builtins.toJSON a.listenStreams}")
+          (check (a.socketConfig.FileDescriptorName == "admin") "admin fd name")
+          (check (a.socketConfig.Service == "hakuriver-ssh-proxy.service") "admin socket triggers the proxy")
+          (check (a.socketConfig.Accept == false) "admin socket Accept=no")
+          (check (a.wantedBy == [ "sockets.target" ]) "admin socket wantedBy sockets.target")
+          (check (builtins.elem "hakuriver-ssh-proxy-admin.socket" s.after) "service after the admin socket")
+          (check (builtins.elem "hakuriver-ssh-proxy-admin.socket" s.wants) "service wants the admin socket")
+          (check (s.requires == [ "hakuriver-ssh-proxy.socket" ]) "service still requires only the main socket")
+          (check (v.ssh_proxy.admin == { }) "socket activation: no admin.listen in the file (the socket owns it), got ${builtins.toJSON v.ssh_proxy.admin}")
+          (check (!(lib.hasInfix "admin" s.serviceConfig.ExecStart)) "no admin flag on the command line")
+          (check (config.networking.firewall.allowedTCPPorts == [ ]) "admin port not opened by default")
+        ];
+    };
+
+    admin-without-socket-activation = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy = {
+            socketActivation = false;
+            admin = {
+              enable = true;
+              listenAddress = "[::1]";
+              port = 9200;
+            };
+          };
+        }
+      ];
+      checks =
+        { config, ... }:
+        let
+          v = config.environment.etc."hakuriver-ssh-proxy/config.toml".source.value;
+        in
+        [
+          (check (v.ssh_proxy.admin.listen == [ "[::1]:9200" ]) "daemon binds the admin address from the file, got ${builtins.toJSON v.ssh_proxy.admin}")
+          (check (!(v.ssh_proxy.admin ? allow_remote)) "allow_remote left to the daemon default")
+          (check (!(config.systemd.sockets ? hakuriver-ssh-proxy-admin)) "no admin socket unit")
+          (check ((sc config).CapabilityBoundingSet == "") "no capability for an admin port >= 1024")
+        ];
+    };
+
+    admin-remote-allowed = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy = {
+            admin = {
+              enable = true;
+              listenAddress = "10.0.0.5";
+              openFirewall = true;
+            };
+            settings.ssh_proxy.admin.allow_remote = true;
+          };
+        }
+      ];
+      checks =
+        { config, ... }:
+        let
+          v = config.environment.etc."hakuriver-ssh-proxy/config.toml".source.value;
+        in
+        [
+          (check (config.systemd.sockets.hakuriver-ssh-proxy-admin.listenStreams == [ "10.0.0.5:9102" ]) "admin socket on the remote address")
+          (check (v.ssh_proxy.admin.allow_remote == true) "allow_remote rendered")
+          (check (config.networking.firewall.allowedTCPPorts == [ 9102 ]) "admin.openFirewall opens only the admin port, got ${builtins.toJSON config.networking.firewall.allowedTCPPorts}")
+        ];
+    };
+
+    admin-firewall-with-main = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy = {
+            openFirewall = true;
+            admin.enable = true;
+            admin.openFirewall = true;
+          };
+        }
+      ];
+      checks =
+        { config, ... }:
+        [
+          (check (config.networking.firewall.allowedTCPPorts == [
+            8002
+            9102
+          ]) "both openFirewall options together, got ${builtins.toJSON config.networking.firewall.allowedTCPPorts}")
+        ];
+    };
+
+    admin-firewall-needs-enable = {
+      modules = [
+        enable
+        { services.hakuriver.sshProxy.admin.openFirewall = true; }
+      ];
+      checks =
+        { config, ... }:
+        [
+          (check (config.networking.firewall.allowedTCPPorts == [ ]) "admin.openFirewall without admin.enable opens nothing")
+          (check (!(config.systemd.sockets ? hakuriver-ssh-proxy-admin)) "no admin socket without admin.enable")
+        ];
+    };
+
+    trusted-proxies = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy.settings.ssh_proxy.trusted_proxies = [
+            "10.0.0.0/8"
+            "127.0.0.2"
+          ];
+        }
+      ];
+      checks =
+        { config, ... }:
+        let
+          v = config.environment.etc."hakuriver-ssh-proxy/config.toml".source.value;
+        in
+        [
+          (check (v.ssh_proxy.trusted_proxies == [
+            "10.0.0.0/8"
+            "127.0.0.2"
+          ]) "trusted_proxies rendered")
+        ];
+    };
+
+    assert-admin-remote-needs-allow = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy.admin = {
+            enable = true;
+            listenAddress = "0.0.0.0";
+          };
+        }
+      ];
+      expectModuleAssertions = true;
+      checks =
+        { failedModuleAssertions, ... }:
+        [ (fired failedModuleAssertions "services.hakuriver.sshProxy.admin.listenAddress = \"0.0.0.0\" is not a loopback address") ];
+    };
+
+    assert-admin-remote-allow-false = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy = {
+            admin = {
+              enable = true;
+              listenAddress = "[2001:db8::1]";
+            };
+            settings.ssh_proxy.admin.allow_remote = false;
+          };
+        }
+      ];
+      expectModuleAssertions = true;
+      checks =
+        { failedModuleAssertions, ... }:
+        [ (fired failedModuleAssertions "services.hakuriver.sshProxy.admin.listenAddress = \"[2001:db8::1]\" is not a loopback address") ];
+    };
+
+    assert-admin-unbracketed-ipv6 = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy.admin = {
+            enable = true;
+            listenAddress = "::1";
+          };
+        }
+      ];
+      expectModuleAssertions = true;
+      checks =
+        { failedModuleAssertions, ... }:
+        [ (fired failedModuleAssertions "services.hakuriver.sshProxy.admin.listenAddress: IPv6 address \"::1\" must be written in brackets") ];
+    };
+
+    assert-admin-port-clash = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy.admin = {
+            enable = true;
+            port = 8002;
+          };
+        }
+      ];
+      expectModuleAssertions = true;
+      checks =
+        { failedModuleAssertions, ... }:
+        [ (fired failedModuleAssertions "services.hakuriver.sshProxy.admin.port must not be 0 and must differ") ];
+    };
+
+    assert-admin-listen-managed = {
+      modules = [
+        enable
+        { services.hakuriver.sshProxy.settings.ssh_proxy.admin.listen = [ "127.0.0.1:9102" ]; }
+      ];
+      expectModuleAssertions = true;
+      checks =
+        { failedModuleAssertions, ... }:
+        [ (fired failedModuleAssertions "services.hakuriver.sshProxy.settings.ssh_proxy.admin.listen is derived") ];
     };
   };
 }

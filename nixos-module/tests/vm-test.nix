@@ -4,7 +4,8 @@
 #   nix run .#checks.x86_64-linux.vm-test.driverInteractive          # poke at it
 #
 # host:   services.hakuriver.sshProxy (socket activation, plain on 8002 + self-signed TLS
-#         on 8003, DB readable through a supplementary group), a SQLite DB with
+#         on 8003, the admin listener on 127.0.0.1:9102, DB readable through a
+#         supplementary group), a SQLite DB with
 #         HakuRiver 0.3.0's schema in WAL mode kept open by a stand-in for HakuRiver's
 #         host, and the system sshd on 2222 playing the VPS container's sshd (the runner
 #         is 127.0.0.1, so the proxy relays to it over loopback).
@@ -68,6 +69,8 @@ pkgs.testers.runNixOSTest {
         # The DB below is 0640 root:hakuriver in a 0750 directory.
         databaseGroup = "hakuriver";
         settings.ssh_proxy.tls.names = [ "host" ];
+        # /metrics, /healthz, /readyz on 127.0.0.1:9102 (hakuriver-ssh-proxy-admin.socket).
+        admin.enable = true;
       };
       users.groups.hakuriver = { };
 
@@ -111,6 +114,7 @@ pkgs.testers.runNixOSTest {
       };
 
       environment.systemPackages = [
+        pkgs.curl
         pkgs.sqlite
         pkgs.util-linux
       ];
@@ -133,6 +137,7 @@ pkgs.testers.runNixOSTest {
     host.wait_for_file("/run/hakuriver-db-writer/ready")
     host.wait_for_unit("hakuriver-ssh-proxy.socket")
     host.wait_for_unit("hakuriver-ssh-proxy-tls.socket")
+    host.wait_for_unit("hakuriver-ssh-proxy-admin.socket")
     host.wait_for_unit("sshd.service")
     client.wait_for_unit("multi-user.target")
 
@@ -147,6 +152,7 @@ pkgs.testers.runNixOSTest {
         host.fail("systemctl is-active --quiet hakuriver-ssh-proxy.service")
         host.succeed("ss -Hltn 'sport = :8002' | grep -q LISTEN")
         host.succeed("ss -Hltn 'sport = :8003' | grep -q LISTEN")
+        host.succeed("ss -Hltn 'src 127.0.0.1 and sport = :9102' | grep -q LISTEN")
 
     with subtest("the DB is in WAL mode and task 1 lives only in the -wal file"):
         host.succeed("test \"$(sqlite3 ${db} 'PRAGMA journal_mode')\" = wal")
@@ -160,6 +166,14 @@ pkgs.testers.runNixOSTest {
         assert out.strip() == "${marker}", f"unexpected remote output: {out!r}"
         host.succeed("systemctl is-active --quiet hakuriver-ssh-proxy.service")
         host.succeed("hakuriver-ssh-proxy health --addr 127.0.0.1:8002")
+
+    with subtest("admin listener: /readyz, /healthz and /metrics after the tunnel"):
+        host.succeed("test \"$(curl -sf http://127.0.0.1:9102/readyz)\" = ready")
+        host.succeed("curl -sf http://127.0.0.1:9102/healthz")
+        metrics = host.succeed("curl -sf http://127.0.0.1:9102/metrics")
+        assert 'hakuriver_ssh_proxy_tunnels_opened_total{transport="plain"} 1' in metrics, metrics
+        # Loopback only: the client cannot reach it.
+        client.fail("curl -s --max-time 5 http://host:9102/healthz")
 
     with subtest("proxy errors reach the user with exit status 255"):
         status, out = client.execute(
