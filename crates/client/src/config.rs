@@ -8,9 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hakuriver_tunnel::config::{
-    hakuriver_config_path, NetworkSection, Seconds, CONFIG_ENV, DEFAULT_PROXY_PORT,
-};
+use hakuriver_tunnel::config::{locate, Located, NetworkSection, Seconds, DEFAULT_PROXY_PORT};
 use serde::Deserialize;
 
 use crate::error::ClientError;
@@ -135,42 +133,21 @@ pub struct Settings {
     pub tls: TlsSettings,
 }
 
-/// The config file in effect and whether the user named it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigSource {
-    /// The path, if any could be determined (no `$HOME` → none).
-    pub path: Option<PathBuf>,
-    /// Named by `--config` or `$HAKURIVER_CONFIG` (then it must exist).
-    pub explicit: bool,
-}
+/// The config file in effect and whether the user named it: `--config`, else
+/// `$HAKURIVER_CONFIG`, else `~/.hakuriver/config.toml` ([`locate`]).
+pub type ConfigSource = Located;
 
-impl ConfigSource {
-    /// Picks the file: `--config`, else `$HAKURIVER_CONFIG`, else `~/.hakuriver/config.toml`.
-    pub fn locate(flag: Option<&Path>) -> Self {
-        if let Some(path) = flag {
-            return ConfigSource {
-                path: Some(path.to_owned()),
-                explicit: true,
-            };
-        }
-        let from_env = std::env::var_os(CONFIG_ENV).is_some_and(|v| !v.is_empty());
-        ConfigSource {
-            path: hakuriver_config_path(),
-            explicit: from_env,
-        }
-    }
-
-    fn display(&self) -> String {
-        match &self.path {
-            Some(p) => p.display().to_string(),
-            None => "~/.hakuriver/config.toml".to_owned(),
-        }
+/// The config file as named in messages.
+fn shown(source: &ConfigSource) -> String {
+    match &source.path {
+        Some(p) => p.display().to_string(),
+        None => "~/.hakuriver/config.toml".to_owned(),
     }
 }
 
 /// Reads the file (if any) and merges the overrides.
 pub fn resolve(overrides: &Overrides) -> Result<Settings, ClientError> {
-    let source = ConfigSource::locate(overrides.config.as_deref());
+    let source = locate(overrides.config.as_deref());
     let file = load(&source)?;
     merge(file, overrides, &source)
 }
@@ -224,7 +201,7 @@ fn merge(
         .or_else(|| env(KOHAKURIVER_HOST_ENV))
         .map(|h| strip_brackets(h.trim()).to_owned())
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| ClientError::NoHost(source.display()))?;
+        .ok_or_else(|| ClientError::NoHost(shown(source)))?;
     let client = file.ssh_client;
     let tls_file = client.tls;
     let mut fingerprints = overrides.fingerprints.clone();

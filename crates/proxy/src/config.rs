@@ -338,16 +338,7 @@ impl Settings {
 /// The config file to read: `--config`, `$HAKURIVER_CONFIG`, `~/.hakuriver/config.toml`
 /// if present, else `/etc/hakuriver/config.toml` if present, else none (defaults).
 pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = explicit {
-        return Some(path.to_owned());
-    }
-    if let Some(path) =
-        std::env::var_os(hakuriver_tunnel::config::CONFIG_ENV).filter(|p| !p.is_empty())
-    {
-        return Some(PathBuf::from(path));
-    }
-    let user = hakuriver_tunnel::config::hakuriver_config_path().filter(|p| p.is_file());
-    user.or_else(|| Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.is_file()))
+    hakuriver_tunnel::config::locate_with_system(explicit, Path::new(SYSTEM_CONFIG)).path
 }
 
 /// Reads the config file (if any) and applies the overrides.
