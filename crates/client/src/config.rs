@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hakuriver_tunnel::config::{locate, Located, NetworkSection, Seconds, DEFAULT_PROXY_PORT};
+use hakuriver_tunnel::net::strip_brackets;
 use serde::Deserialize;
 
 use crate::error::ClientError;
@@ -246,13 +247,6 @@ fn merge(
                 .or_else(default_known_proxies),
         },
     })
-}
-
-/// `[::1]` → `::1`; anything else unchanged.
-fn strip_brackets(host: &str) -> &str {
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
 }
 
 /// `~/x` → `$HOME/x`.

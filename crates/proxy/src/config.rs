@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hakuriver_tunnel::config::{DatabaseSection, NetworkSection, Seconds, DEFAULT_PROXY_PORT};
+use hakuriver_tunnel::net::HostPort;
 pub use hakuriver_tunnel::tls::CertSource;
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
@@ -536,8 +537,8 @@ fn default_names() -> Vec<String> {
 
 /// `host_bind_ip` may be an IP or a name (HakuRiver passes it to asyncio as is).
 fn resolve_addr(host: &str, port: u16) -> Result<SocketAddr> {
-    let trimmed = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = trimmed.parse::<IpAddr>() {
+    let host = hakuriver_tunnel::net::strip_brackets(host);
+    if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
     (host, port)
@@ -551,13 +552,9 @@ fn parse_listen(text: &str) -> Result<SocketAddr> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let (host, port) = text.rsplit_once(':').with_context(|| {
-        format!("listen address {text:?} needs a port (host:port or [v6]:port)")
-    })?;
-    let port: u16 = port
-        .parse()
-        .with_context(|| format!("listen address {text:?} has an invalid port"))?;
-    resolve_addr(host, port).with_context(|| format!("invalid listen address {text:?}"))
+    let HostPort { host, port } =
+        HostPort::parse(text).map_err(|e| anyhow::anyhow!("listen address {text:?} {e}"))?;
+    resolve_addr(&host, port).with_context(|| format!("invalid listen address {text:?}"))
 }
 
 #[cfg(test)]
