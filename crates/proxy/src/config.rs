@@ -148,32 +148,46 @@ pub enum LogFormat {
     Journald,
 }
 
-/// Command-line values that override the file.
-#[derive(Debug, Default, Clone)]
+/// Command-line values that override the file: declared once here and flattened into
+/// the CLI (`cli::GlobalArgs`), so every flag applies to every command.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
-    /// `--config`.
+    /// HakuRiver config file [default: $HAKURIVER_CONFIG, ~/.hakuriver/config.toml, /etc/hakuriver/config.toml]
+    #[arg(short, long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// `--bind`.
+    /// Address of the main listener (overrides network.host_bind_ip) [default: 0.0.0.0]
+    #[arg(long, global = true, value_name = "IP")]
     pub bind: Option<String>,
-    /// `--port`.
+    /// Port of the main listener (overrides network.host_ssh_proxy_port; 0: any) [default: 8002]
+    #[arg(long, global = true, value_name = "PORT")]
     pub port: Option<u16>,
-    /// `--db`.
+    /// HakuRiver's SQLite database (overrides database.db_file)
+    #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// `--listen`, added to the file's list.
+    /// Extra plain listener, ADDR:PORT (repeatable)
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
-    /// `--tls-listen`, added to the file's list.
+    /// Extra TLS listener, ADDR:PORT (repeatable)
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     pub tls_listen: Vec<String>,
-    /// `--tls`: the main listener speaks TLS.
+    /// The main listener speaks TLS
+    #[arg(long, global = true)]
     pub tls: bool,
-    /// `--tls-cert`.
+    /// TLS certificate chain (PEM, leaf first); without it a self-signed one is used
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// `--tls-key`.
+    /// TLS private key (PEM)
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// `--state-dir`.
+    /// State directory for the self-signed certificate [default: $STATE_DIRECTORY or /var/lib/hakuriver-ssh-proxy]
+    #[arg(long, global = true, value_name = "PATH")]
     pub state_dir: Option<PathBuf>,
-    /// `--log-format`.
+    /// Log output [default: auto: journald under systemd, else text]
+    #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// `--admin-listen`, added to `[ssh_proxy.admin] listen`.
+    /// Serve /metrics, /healthz and /readyz on ADDR:PORT (repeatable; loopback unless
+    /// [ssh_proxy.admin] allow_remote = true)
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     pub admin_listen: Vec<String>,
 }
 
