@@ -68,12 +68,14 @@ pub enum Command {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    let result = config::load(&cli.global.overrides).and_then(|settings| match cli.command {
-        None | Some(Command::Serve) => serve(settings, cli.global.verbose),
-        Some(Command::Check) => check(&settings),
-        Some(Command::Fingerprint) => fingerprint(&settings),
-        Some(Command::Health { addr, timeout }) => health(&settings, addr.as_deref(), timeout),
-    });
+    let result = config::load(&cli.global.overrides)
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| match cli.command {
+            None | Some(Command::Serve) => serve(settings, cli.global.verbose),
+            Some(Command::Check) => check(&settings),
+            Some(Command::Fingerprint) => fingerprint(&settings),
+            Some(Command::Health { addr, timeout }) => health(&settings, addr.as_deref(), timeout),
+        });
     match result {
         Ok(code) => code,
         Err(e) => {
