@@ -264,7 +264,7 @@ async fn handle_signals(
                 match &serving_cert {
                     Some(cert) => match cert.reload() {
                         Ok(fp) => info!(fingerprint = %fp, "TLS certificate reloaded"),
-                        Err(e) => warn!(error = %format!("{e:#}"), "TLS certificate reload failed; keeping the current one"),
+                        Err(e) => warn!(error = %format!("{:#}", anyhow::Error::from(e)), "TLS certificate reload failed; keeping the current one"),
                     },
                     None => info!("SIGHUP: nothing to reload (no TLS listener)"),
                 }
