@@ -1,10 +1,8 @@
 //! The command line, defined once for parsing, `--help`, completions and the man page.
 
-use std::path::PathBuf;
-
 use std::ffi::OsString;
 
-use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 
 use crate::config::Overrides;
 
@@ -58,11 +56,7 @@ Nothing but ssh's output is written to stdout; messages from hakuriver-ssh go to
 pub struct Cli {
     /// How to reach the proxy.
     #[command(flatten)]
-    pub conn: ConnectionArgs,
-
-    /// Log in as this user inside the VPS [default: root, or ssh_client.user]
-    #[arg(long, value_name = "USER", global = true)]
-    pub user: Option<String>,
+    pub conn: Overrides,
 
     /// Local port ssh connects to (0 = the OS picks a free one)
     #[arg(long, value_name = "PORT", default_value_t = 0)]
@@ -94,60 +88,6 @@ pub struct Cli {
     /// Helper commands.
     #[command(subcommand)]
     pub command: Option<Command>,
-}
-
-/// Where the Host proxy is and how to talk to it; shared by every mode.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ConnectionArgs {
-    /// Config file [default: $HAKURIVER_CONFIG, else ~/.hakuriver/config.toml]
-    #[arg(long, value_name = "PATH", global = true)]
-    pub config: Option<PathBuf>,
-
-    /// Host address of the proxy [default: network.host_reachable_address]
-    #[arg(long, value_name = "HOST", global = true)]
-    pub host: Option<String>,
-
-    /// Port of the Host SSH proxy [default: network.host_ssh_proxy_port, else 8002]
-    #[arg(long, value_name = "PORT", global = true)]
-    pub proxy_port: Option<u16>,
-
-    /// KohakuRiver API token file (the token alone, or KohakuRiver's auth.json)
-    /// [default: $KOHAKURIVER_TOKEN, else ~/.kohakuriver/auth.json]; sent only over TLS
-    #[arg(long, value_name = "PATH", global = true)]
-    pub token_file: Option<PathBuf>,
-
-    /// TLS options.
-    #[command(flatten)]
-    pub tls: TlsArgs,
-}
-
-/// TLS to the proxy (when hakuriver-ssh-proxy runs with TLS).
-#[derive(Debug, Clone, Default, Args)]
-pub struct TlsArgs {
-    /// Speak TLS to the proxy [default: [ssh_client.tls] enable]
-    #[arg(long, global = true, overrides_with = "no_tls", help_heading = "TLS")]
-    pub tls: bool,
-
-    /// Plain TCP even if the config enables TLS
-    #[arg(long, global = true, overrides_with = "tls", help_heading = "TLS")]
-    pub no_tls: bool,
-
-    /// Verify the proxy's certificate against the CA(s) in this PEM file
-    #[arg(long, value_name = "PATH", global = true, help_heading = "TLS")]
-    pub ca_file: Option<PathBuf>,
-
-    /// Accept the proxy's certificate iff its SHA-256 fingerprint is FP (repeatable;
-    /// `hakuriver-ssh-proxy fingerprint` prints it)
-    #[arg(long, value_name = "FP", global = true, help_heading = "TLS")]
-    pub fingerprint: Vec<String>,
-
-    /// Name expected in the certificate [default: the host address]
-    #[arg(long, value_name = "NAME", global = true, help_heading = "TLS")]
-    pub server_name: Option<String>,
-
-    /// Accept and remember an unknown proxy certificate (in ~/.hakuriver/known_proxies)
-    #[arg(long, global = true, help_heading = "TLS")]
-    pub trust_on_first_use: bool,
 }
 
 /// Helper commands; none of them is a number, so they never clash with a task ID.
@@ -186,26 +126,6 @@ impl Cli {
     /// even options we also have (`-v`).
     pub fn parse_args(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(mark_ssh_args(args))
-    }
-
-    /// The connection-related flags as config overrides.
-    pub fn overrides(&self) -> Overrides {
-        let tls = &self.conn.tls;
-        Overrides {
-            config: self.conn.config.clone(),
-            host: self.conn.host.clone(),
-            proxy_port: self.conn.proxy_port,
-            user: self.user.clone(),
-            tls: match (tls.tls, tls.no_tls) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            },
-            ca_file: tls.ca_file.clone(),
-            fingerprints: tls.fingerprint.clone(),
-            server_name: tls.server_name.clone(),
-            token_file: self.conn.token_file.clone(),
-        }
     }
 }
 
@@ -312,7 +232,7 @@ mod tests {
             "--help",
             "-V",
         ]);
-        assert_eq!((cli.verbose, cli.user.as_deref()), (2, Some("u")));
+        assert_eq!((cli.verbose, cli.conn.user.as_deref()), (2, Some("u")));
         assert_eq!(cli.ssh_args, ["-h", "--help", "-V"]);
 
         let cli = parse(&["42"]);
@@ -334,7 +254,7 @@ mod tests {
             cli.conn.config.as_deref(),
             Some(std::path::Path::new("/c.toml"))
         );
-        assert_eq!(cli.user.as_deref(), Some("u"));
+        assert_eq!(cli.conn.user.as_deref(), Some("u"));
 
         let cli = parse(&["--stdio", "hakuriver-42"]);
         assert!(cli.stdio);
@@ -355,15 +275,15 @@ mod tests {
 
     #[test]
     fn tls_flags_override_each_other() {
-        assert_eq!(parse(&["--tls", "1"]).overrides().tls, Some(true));
+        assert_eq!(parse(&["--tls", "1"]).conn.tls_enable(), Some(true));
         assert_eq!(
-            parse(&["--tls", "--no-tls", "1"]).overrides().tls,
+            parse(&["--tls", "--no-tls", "1"]).conn.tls_enable(),
             Some(false)
         );
         assert_eq!(
-            parse(&["--no-tls", "--tls", "1"]).overrides().tls,
+            parse(&["--no-tls", "--tls", "1"]).conn.tls_enable(),
             Some(true)
         );
-        assert_eq!(parse(&["1"]).overrides().tls, None);
+        assert_eq!(parse(&["1"]).conn.tls_enable(), None);
     }
 }

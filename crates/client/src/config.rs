@@ -8,9 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hakuriver_tunnel::config::{
-    hakuriver_config_path, NetworkSection, Seconds, CONFIG_ENV, DEFAULT_PROXY_PORT,
-};
+use hakuriver_tunnel::config::{locate, Located, NetworkSection, Seconds, DEFAULT_PROXY_PORT};
+use hakuriver_tunnel::net::strip_brackets;
 use serde::Deserialize;
 
 use crate::error::ClientError;
@@ -77,27 +76,72 @@ pub struct TlsSection {
     pub known_proxies_file: Option<PathBuf>,
 }
 
-/// What the command line says about where and how to connect.
-#[derive(Debug, Clone, Default)]
+/// What the command line says about where and how to connect: declared once here and
+/// flattened into the CLI (`cli::Cli::conn`); `ssh-config` freezes the same fields into
+/// its ProxyCommand.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
-    /// `--config`.
+    /// Config file [default: $HAKURIVER_CONFIG, else ~/.hakuriver/config.toml]
+    #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
-    /// `--host`.
+
+    /// Host address of the proxy [default: network.host_reachable_address]
+    #[arg(long, value_name = "HOST", global = true)]
     pub host: Option<String>,
-    /// `--proxy-port`.
+
+    /// Port of the Host SSH proxy [default: network.host_ssh_proxy_port, else 8002]
+    #[arg(long, value_name = "PORT", global = true)]
     pub proxy_port: Option<u16>,
-    /// `--user`.
-    pub user: Option<String>,
-    /// `--tls` (`Some(true)`) or `--no-tls` (`Some(false)`).
-    pub tls: Option<bool>,
-    /// `--ca-file`.
-    pub ca_file: Option<PathBuf>,
-    /// `--fingerprint`, repeatable.
-    pub fingerprints: Vec<String>,
-    /// `--server-name`.
-    pub server_name: Option<String>,
-    /// `--token-file`.
+
+    /// KohakuRiver API token file (the token alone, or KohakuRiver's auth.json)
+    /// [default: $KOHAKURIVER_TOKEN, else ~/.kohakuriver/auth.json]; sent only over TLS
+    #[arg(long, value_name = "PATH", global = true)]
     pub token_file: Option<PathBuf>,
+
+    /// Speak TLS to the proxy [default: [ssh_client.tls] enable]
+    #[arg(long, global = true, overrides_with = "no_tls", help_heading = "TLS")]
+    pub tls: bool,
+
+    /// Plain TCP even if the config enables TLS
+    #[arg(long, global = true, overrides_with = "tls", help_heading = "TLS")]
+    pub no_tls: bool,
+
+    /// Verify the proxy's certificate against the CA(s) in this PEM file
+    #[arg(long, value_name = "PATH", global = true, help_heading = "TLS")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Accept the proxy's certificate iff its SHA-256 fingerprint is FP (repeatable;
+    /// `hakuriver-ssh-proxy fingerprint` prints it)
+    #[arg(
+        long = "fingerprint",
+        value_name = "FP",
+        global = true,
+        help_heading = "TLS"
+    )]
+    pub fingerprints: Vec<String>,
+
+    /// Name expected in the certificate [default: the host address]
+    #[arg(long, value_name = "NAME", global = true, help_heading = "TLS")]
+    pub server_name: Option<String>,
+
+    /// Accept and remember an unknown proxy certificate (in ~/.hakuriver/known_proxies)
+    #[arg(long, global = true, help_heading = "TLS")]
+    pub trust_on_first_use: bool,
+
+    /// Log in as this user inside the VPS [default: root, or ssh_client.user]
+    #[arg(long, value_name = "USER", global = true)]
+    pub user: Option<String>,
+}
+
+impl Overrides {
+    /// `--tls` (`Some(true)`), `--no-tls` (`Some(false)`, the later one wins), or neither.
+    pub fn tls_enable(&self) -> Option<bool> {
+        match (self.tls, self.no_tls) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// TLS settings after merging file and flags.
@@ -135,42 +179,21 @@ pub struct Settings {
     pub tls: TlsSettings,
 }
 
-/// The config file in effect and whether the user named it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigSource {
-    /// The path, if any could be determined (no `$HOME` → none).
-    pub path: Option<PathBuf>,
-    /// Named by `--config` or `$HAKURIVER_CONFIG` (then it must exist).
-    pub explicit: bool,
-}
+/// The config file in effect and whether the user named it: `--config`, else
+/// `$HAKURIVER_CONFIG`, else `~/.hakuriver/config.toml` ([`locate`]).
+pub type ConfigSource = Located;
 
-impl ConfigSource {
-    /// Picks the file: `--config`, else `$HAKURIVER_CONFIG`, else `~/.hakuriver/config.toml`.
-    pub fn locate(flag: Option<&Path>) -> Self {
-        if let Some(path) = flag {
-            return ConfigSource {
-                path: Some(path.to_owned()),
-                explicit: true,
-            };
-        }
-        let from_env = std::env::var_os(CONFIG_ENV).is_some_and(|v| !v.is_empty());
-        ConfigSource {
-            path: hakuriver_config_path(),
-            explicit: from_env,
-        }
-    }
-
-    fn display(&self) -> String {
-        match &self.path {
-            Some(p) => p.display().to_string(),
-            None => "~/.hakuriver/config.toml".to_owned(),
-        }
+/// The config file as named in messages.
+fn shown(source: &ConfigSource) -> String {
+    match &source.path {
+        Some(p) => p.display().to_string(),
+        None => "~/.hakuriver/config.toml".to_owned(),
     }
 }
 
 /// Reads the file (if any) and merges the overrides.
 pub fn resolve(overrides: &Overrides) -> Result<Settings, ClientError> {
-    let source = ConfigSource::locate(overrides.config.as_deref());
+    let source = locate(overrides.config.as_deref());
     let file = load(&source)?;
     merge(file, overrides, &source)
 }
@@ -224,7 +247,7 @@ fn merge(
         .or_else(|| env(KOHAKURIVER_HOST_ENV))
         .map(|h| strip_brackets(h.trim()).to_owned())
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| ClientError::NoHost(source.display()))?;
+        .ok_or_else(|| ClientError::NoHost(shown(source)))?;
     let client = file.ssh_client;
     let tls_file = client.tls;
     let mut fingerprints = overrides.fingerprints.clone();
@@ -256,7 +279,7 @@ fn merge(
             .response_timeout_secs
             .map_or(RESPONSE_TIMEOUT, |s| s.0),
         tls: TlsSettings {
-            enable: overrides.tls.or(tls_file.enable).unwrap_or(false),
+            enable: overrides.tls_enable().or(tls_file.enable).unwrap_or(false),
             ca_file: overrides
                 .ca_file
                 .clone()
@@ -269,13 +292,6 @@ fn merge(
                 .or_else(default_known_proxies),
         },
     })
-}
-
-/// `[::1]` → `::1`; anything else unchanged.
-fn strip_brackets(host: &str) -> &str {
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
 }
 
 /// `~/x` → `$HOME/x`.
@@ -367,7 +383,7 @@ additional_mounts = []
             host: Some("[::1]".into()),
             proxy_port: Some(9),
             user: Some("bob".into()),
-            tls: Some(false),
+            no_tls: true,
             ..Overrides::default()
         };
         let s = merge(parse(&text).expect("parse"), &flags, &source()).expect("merge");

@@ -1,7 +1,6 @@
 //! Where the proxy is and how to reach it over TCP: the [`Target`] and a connect that
 //! tries each resolved address in turn under one deadline.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,24 +11,8 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::{connect_reason, secs, ClientError};
 
-/// Where the Host proxy listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Name or IP address, IPv6 without brackets.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
+/// Where the Host proxy listens (IPv6 printed in brackets).
+pub use hakuriver_tunnel::net::HostPort as Target;
 
 /// Resolves `target` and connects to its addresses in turn until one answers or the
 /// deadline passes.

@@ -40,7 +40,7 @@ pub mod tunnel;
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 use hakuriver_tunnel::protocol::{ListReply, TaskRef};
@@ -181,13 +181,12 @@ fn connector(
     cli: &Cli,
     token: Option<(hakuriver_tunnel::protocol::Token, token::TokenSource)>,
 ) -> Result<(config::Settings, Connector), ClientError> {
-    let settings = config::resolve(&cli.overrides())?;
+    let settings = config::resolve(&cli.conn)?;
     let target = Target {
         host: settings.host.clone(),
         port: settings.port,
     };
-    let transport =
-        Transport::from_settings(&settings.tls, &target, cli.conn.tls.trust_on_first_use)?;
+    let transport = Transport::from_settings(&settings.tls, &target, cli.conn.trust_on_first_use)?;
     let token = match token {
         Some((token, source)) => {
             match transport {
@@ -279,7 +278,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
 /// `trust [FINGERPRINT]`: fetch the proxy's certificate fingerprint, check it against
 /// the expected one (or ask), and store it.
 fn trust(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
-    let settings = config::resolve(&cli.overrides())?;
+    let settings = config::resolve(&cli.conn)?;
     let target = Target {
         host: settings.host.clone(),
         port: settings.port,
@@ -331,7 +330,7 @@ fn trust(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
 fn ssh_config(cli: &Cli) -> Result<u8, ClientError> {
     let exe = std::env::current_exe()
         .map_err(|e| ClientError::Usage(format!("cannot find this program's path: {e}")))?;
-    let overrides = cli.overrides();
+    let overrides = &cli.conn;
     // The user comes from the flag or the config file; a missing default file is fine.
     let user = match &overrides.user {
         Some(user) => user.clone(),
@@ -344,27 +343,19 @@ fn ssh_config(cli: &Cli) -> Result<u8, ClientError> {
             Err(_) => config::DEFAULT_USER.to_owned(),
         },
     };
-    let flags = ssh_config::ProxyFlags {
+    let flags = config::Overrides {
         // `$HAKURIVER_CONFIG` reaches the ProxyCommand through ssh's environment anyway.
         config: overrides.config.as_deref().map(absolute),
-        host: overrides.host.clone(),
-        proxy_port: overrides.proxy_port,
-        tls: overrides.tls,
         ca_file: overrides.ca_file.as_deref().map(absolute),
-        fingerprints: overrides.fingerprints.clone(),
-        server_name: overrides.server_name.clone(),
-        trust_on_first_use: cli.conn.tls.trust_on_first_use,
         token_file: overrides.token_file.as_deref().map(absolute),
+        ..overrides.clone()
     };
     let text = ssh_config::render(&exe, &user, &flags);
     Ok(write_stdout(text.as_bytes()))
 }
 
-fn absolute(path: &Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_owned())
-        .to_string_lossy()
-        .into_owned()
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// Writes a helper command's output; a closed pipe (`| head`) is not an error worth a

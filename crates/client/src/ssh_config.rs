@@ -6,73 +6,53 @@
 
 use std::path::Path;
 
-/// Connection flags worth freezing into the ProxyCommand (they were given explicitly).
-#[derive(Debug, Clone, Default)]
-pub struct ProxyFlags {
-    /// `--config`, made absolute.
-    pub config: Option<String>,
-    /// `--host`.
-    pub host: Option<String>,
-    /// `--proxy-port`.
-    pub proxy_port: Option<u16>,
-    /// `--tls` / `--no-tls`.
-    pub tls: Option<bool>,
-    /// `--ca-file`, made absolute.
-    pub ca_file: Option<String>,
-    /// `--fingerprint`s.
-    pub fingerprints: Vec<String>,
-    /// `--server-name`.
-    pub server_name: Option<String>,
-    /// `--trust-on-first-use`.
-    pub trust_on_first_use: bool,
-    /// `--token-file`, made absolute (the path, never the token).
-    pub token_file: Option<String>,
-}
+use crate::config::Overrides;
 
-impl ProxyFlags {
-    fn to_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        let mut push = |flag: &str, value: &str| {
-            args.push(flag.to_owned());
-            args.push(value.to_owned());
-        };
-        if let Some(v) = &self.config {
-            push("--config", v);
-        }
-        if let Some(v) = &self.host {
-            push("--host", v);
-        }
-        if let Some(v) = self.proxy_port {
-            push("--proxy-port", &v.to_string());
-        }
-        if let Some(v) = &self.ca_file {
-            push("--ca-file", v);
-        }
-        for v in &self.fingerprints {
-            push("--fingerprint", v);
-        }
-        if let Some(v) = &self.server_name {
-            push("--server-name", v);
-        }
-        if let Some(v) = &self.token_file {
-            push("--token-file", v);
-        }
-        if self.trust_on_first_use {
-            args.push("--trust-on-first-use".to_owned());
-        }
-        match self.tls {
-            Some(true) => args.push("--tls".to_owned()),
-            Some(false) => args.push("--no-tls".to_owned()),
-            None => {}
-        }
-        args
+/// The connection flags given explicitly, as ProxyCommand arguments (the user is in the
+/// block's `User` line instead). Paths are taken as they are: make them absolute first.
+fn proxy_args(flags: &Overrides) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut push = |flag: &str, value: &str| {
+        args.push(flag.to_owned());
+        args.push(value.to_owned());
+    };
+    if let Some(v) = &flags.config {
+        push("--config", &v.to_string_lossy());
     }
+    if let Some(v) = &flags.host {
+        push("--host", v);
+    }
+    if let Some(v) = flags.proxy_port {
+        push("--proxy-port", &v.to_string());
+    }
+    if let Some(v) = &flags.ca_file {
+        push("--ca-file", &v.to_string_lossy());
+    }
+    for v in &flags.fingerprints {
+        push("--fingerprint", v);
+    }
+    if let Some(v) = &flags.server_name {
+        push("--server-name", v);
+    }
+    // The path, never the token.
+    if let Some(v) = &flags.token_file {
+        push("--token-file", &v.to_string_lossy());
+    }
+    if flags.trust_on_first_use {
+        args.push("--trust-on-first-use".to_owned());
+    }
+    match flags.tls_enable() {
+        Some(true) => args.push("--tls".to_owned()),
+        Some(false) => args.push("--no-tls".to_owned()),
+        None => {}
+    }
+    args
 }
 
 /// Renders the block for the client at `exe`, logging in as `user`.
-pub fn render(exe: &Path, user: &str, flags: &ProxyFlags) -> String {
+pub fn render(exe: &Path, user: &str, flags: &Overrides) -> String {
     let mut command = vec![proxy_word(&exe.to_string_lossy())];
-    command.extend(flags.to_args().iter().map(|a| proxy_word(a)));
+    command.extend(proxy_args(flags).iter().map(|a| proxy_word(a)));
     command.push("--stdio".to_owned());
     command.push("%n".to_owned());
     format!(
@@ -127,7 +107,7 @@ mod tests {
         let text = render(
             Path::new("/usr/bin/hakuriver-ssh"),
             "root",
-            &ProxyFlags::default(),
+            &Overrides::default(),
         );
         assert!(text.contains("\nHost hakuriver-*\n"), "{text}");
         assert!(
@@ -142,11 +122,11 @@ mod tests {
 
     #[test]
     fn quotes_paths_and_freezes_flags() {
-        let flags = ProxyFlags {
+        let flags = Overrides {
             config: Some("/home/a b/c%d.toml".into()),
             proxy_port: Some(9000),
-            tls: Some(true),
-            ..ProxyFlags::default()
+            tls: true,
+            ..Overrides::default()
         };
         let text = render(Path::new("/opt/it's/hakuriver-ssh"), "root", &flags);
         assert!(

@@ -1,7 +1,6 @@
 //! The command line: `serve` (default), `check`, `fingerprint`, `health`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{self, LogFormat, Overrides, Settings};
+use crate::config::{self, Overrides, Settings};
 use crate::directory::TaskDirectory;
 use crate::listener::{self, Bound, Role};
 use crate::server::{self, Listener, ProxyState};
@@ -39,43 +38,9 @@ pub struct Cli {
 /// Options shared by all commands.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// HakuRiver config file [default: $HAKURIVER_CONFIG, ~/.hakuriver/config.toml, /etc/hakuriver/config.toml]
-    #[arg(short, long, global = true, value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// Address of the main listener (overrides network.host_bind_ip) [default: 0.0.0.0]
-    #[arg(long, global = true, value_name = "IP")]
-    pub bind: Option<String>,
-    /// Port of the main listener (overrides network.host_ssh_proxy_port; 0: any) [default: 8002]
-    #[arg(long, global = true, value_name = "PORT")]
-    pub port: Option<u16>,
-    /// HakuRiver's SQLite database (overrides database.db_file)
-    #[arg(long, global = true, value_name = "PATH")]
-    pub db: Option<PathBuf>,
-    /// Extra plain listener, ADDR:PORT (repeatable)
-    #[arg(long, global = true, value_name = "ADDR:PORT")]
-    pub listen: Vec<String>,
-    /// Extra TLS listener, ADDR:PORT (repeatable)
-    #[arg(long, global = true, value_name = "ADDR:PORT")]
-    pub tls_listen: Vec<String>,
-    /// The main listener speaks TLS
-    #[arg(long, global = true)]
-    pub tls: bool,
-    /// TLS certificate chain (PEM, leaf first); without it a self-signed one is used
-    #[arg(long, global = true, value_name = "PATH", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM)
-    #[arg(long, global = true, value_name = "PATH", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// State directory for the self-signed certificate [default: $STATE_DIRECTORY or /var/lib/hakuriver-ssh-proxy]
-    #[arg(long, global = true, value_name = "PATH")]
-    pub state_dir: Option<PathBuf>,
-    /// Log output [default: auto: journald under systemd, else text]
-    #[arg(long, global = true, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Serve /metrics, /healthz and /readyz on ADDR:PORT (repeatable; loopback unless
-    /// [ssh_proxy.admin] allow_remote = true)
-    #[arg(long, global = true, value_name = "ADDR:PORT")]
-    pub admin_listen: Vec<String>,
+    /// Flags that override the config file.
+    #[command(flatten)]
+    pub overrides: Overrides,
     /// More log output (debug level)
     #[arg(short, long, global = true)]
     pub verbose: bool,
@@ -101,33 +66,16 @@ pub enum Command {
     },
 }
 
-impl GlobalArgs {
-    fn overrides(&self) -> Overrides {
-        Overrides {
-            config: self.config.clone(),
-            bind: self.bind.clone(),
-            port: self.port,
-            db: self.db.clone(),
-            listen: self.listen.clone(),
-            tls_listen: self.tls_listen.clone(),
-            tls: self.tls,
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-            state_dir: self.state_dir.clone(),
-            log_format: self.log_format,
-            admin_listen: self.admin_listen.clone(),
-        }
-    }
-}
-
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    let result = config::load(&cli.global.overrides()).and_then(|settings| match cli.command {
-        None | Some(Command::Serve) => serve(settings, cli.global.verbose),
-        Some(Command::Check) => check(&settings),
-        Some(Command::Fingerprint) => fingerprint(&settings),
-        Some(Command::Health { addr, timeout }) => health(&settings, addr.as_deref(), timeout),
-    });
+    let result = config::load(&cli.global.overrides)
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| match cli.command {
+            None | Some(Command::Serve) => serve(settings, cli.global.verbose),
+            Some(Command::Check) => check(&settings),
+            Some(Command::Fingerprint) => fingerprint(&settings),
+            Some(Command::Health { addr, timeout }) => health(&settings, addr.as_deref(), timeout),
+        });
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -316,7 +264,7 @@ async fn handle_signals(
                 match &serving_cert {
                     Some(cert) => match cert.reload() {
                         Ok(fp) => info!(fingerprint = %fp, "TLS certificate reloaded"),
-                        Err(e) => warn!(error = %format!("{e:#}"), "TLS certificate reload failed; keeping the current one"),
+                        Err(e) => warn!(error = %format!("{:#}", anyhow::Error::from(e)), "TLS certificate reload failed; keeping the current one"),
                     },
                     None => info!("SIGHUP: nothing to reload (no TLS listener)"),
                 }

@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use hakuriver_tunnel::config::{DatabaseSection, NetworkSection, Seconds, DEFAULT_PROXY_PORT};
+use hakuriver_tunnel::net::{HostPort, HostPortError};
 pub use hakuriver_tunnel::tls::CertSource;
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
@@ -147,32 +147,46 @@ pub enum LogFormat {
     Journald,
 }
 
-/// Command-line values that override the file.
-#[derive(Debug, Default, Clone)]
+/// Command-line values that override the file: declared once here and flattened into
+/// the CLI (`cli::GlobalArgs`), so every flag applies to every command.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
-    /// `--config`.
+    /// HakuRiver config file [default: $HAKURIVER_CONFIG, ~/.hakuriver/config.toml, /etc/hakuriver/config.toml]
+    #[arg(short, long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// `--bind`.
+    /// Address of the main listener (overrides network.host_bind_ip) [default: 0.0.0.0]
+    #[arg(long, global = true, value_name = "IP")]
     pub bind: Option<String>,
-    /// `--port`.
+    /// Port of the main listener (overrides network.host_ssh_proxy_port; 0: any) [default: 8002]
+    #[arg(long, global = true, value_name = "PORT")]
     pub port: Option<u16>,
-    /// `--db`.
+    /// HakuRiver's SQLite database (overrides database.db_file)
+    #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// `--listen`, added to the file's list.
+    /// Extra plain listener, ADDR:PORT (repeatable)
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
-    /// `--tls-listen`, added to the file's list.
+    /// Extra TLS listener, ADDR:PORT (repeatable)
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     pub tls_listen: Vec<String>,
-    /// `--tls`: the main listener speaks TLS.
+    /// The main listener speaks TLS
+    #[arg(long, global = true)]
     pub tls: bool,
-    /// `--tls-cert`.
+    /// TLS certificate chain (PEM, leaf first); without it a self-signed one is used
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// `--tls-key`.
+    /// TLS private key (PEM)
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// `--state-dir`.
+    /// State directory for the self-signed certificate [default: $STATE_DIRECTORY or /var/lib/hakuriver-ssh-proxy]
+    #[arg(long, global = true, value_name = "PATH")]
     pub state_dir: Option<PathBuf>,
-    /// `--log-format`.
+    /// Log output [default: auto: journald under systemd, else text]
+    #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// `--admin-listen`, added to `[ssh_proxy.admin] listen`.
+    /// Serve /metrics, /healthz and /readyz on ADDR:PORT (repeatable; loopback unless
+    /// [ssh_proxy.admin] allow_remote = true)
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     pub admin_listen: Vec<String>,
 }
 
@@ -228,6 +242,89 @@ pub enum CidrError {
     /// The prefix length is not a number or too long for the address family.
     #[error("allowed_clients: {0:?} has an invalid prefix length")]
     Prefix(String),
+}
+
+/// Why the configuration is unusable; `Display` is the whole one-line text users see.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {reason}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The system's reason.
+        reason: std::io::Error,
+    },
+    /// The config file is not valid TOML for our schema.
+    #[error("invalid config file {}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// toml's message (names the key and its line).
+        reason: toml::de::Error,
+    },
+    /// Config text (no file) is not valid TOML for our schema.
+    #[error("{0}")]
+    Toml(toml::de::Error),
+    /// `host_bind_ip` / `--bind` does not resolve.
+    #[error("invalid bind address {text:?}: {reason}")]
+    BindAddress {
+        /// As written.
+        text: String,
+        /// Why it does not resolve.
+        reason: AddrError,
+    },
+    /// A listen address lacks a port or has a bad one.
+    #[error("listen address {text:?} {reason}")]
+    ListenSyntax {
+        /// As written.
+        text: String,
+        /// What is wrong.
+        reason: HostPortError,
+    },
+    /// A listen address's host does not resolve.
+    #[error("invalid listen address {text:?}: {reason}")]
+    ListenAddress {
+        /// As written.
+        text: String,
+        /// Why it does not resolve.
+        reason: AddrError,
+    },
+    /// The same tunnel address twice.
+    #[error("listen address {0} is configured twice")]
+    DuplicateListen(SocketAddr),
+    /// A timeout of zero.
+    #[error("[ssh_proxy] {0} must be greater than 0")]
+    ZeroTimeout(&'static str),
+    /// A connection limit of zero.
+    #[error("[ssh_proxy] max_connections and max_connections_per_ip must be greater than 0")]
+    ZeroLimit,
+    /// An `allowed_clients` entry is not a network.
+    #[error(transparent)]
+    AllowedClients(#[from] CidrError),
+    /// A `trusted_proxies` entry is not a network.
+    #[error("trusted_proxies: {0:?} is not an IP address or network")]
+    TrustedProxies(String),
+    /// An admin address that is not loopback without `allow_remote`.
+    #[error("admin listener {0} is not a loopback address; it serves metrics without authentication: set [ssh_proxy.admin] allow_remote = true to expose it")]
+    AdminExposed(SocketAddr),
+    /// An admin address that is also a tunnel listener.
+    #[error("admin address {0} is also a tunnel listener")]
+    AdminClash(SocketAddr),
+    /// Only one of certificate and key.
+    #[error("[ssh_proxy.tls] cert_file and key_file must be given together")]
+    CertWithoutKey,
+}
+
+/// Why a host name does not give an address.
+#[derive(Debug, thiserror::Error)]
+pub enum AddrError {
+    /// The resolver failed.
+    #[error("{0}")]
+    Resolve(std::io::Error),
+    /// The resolver answered with no address.
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
 }
 
 impl Cidr {
@@ -318,11 +415,9 @@ pub struct AdminSettings {
 
 impl AdminSettings {
     /// Refuses `addr` unless it is a loopback address or `allow_remote` is set.
-    pub fn check_exposure(&self, addr: SocketAddr) -> Result<()> {
+    pub fn check_exposure(&self, addr: SocketAddr) -> Result<(), ConfigError> {
         if !self.allow_remote && !addr.ip().to_canonical().is_loopback() {
-            bail!(
-                "admin listener {addr} is not a loopback address; it serves metrics without authentication: set [ssh_proxy.admin] allow_remote = true to expose it"
-            );
+            return Err(ConfigError::AdminExposed(addr));
         }
         Ok(())
     }
@@ -338,43 +433,43 @@ impl Settings {
 /// The config file to read: `--config`, `$HAKURIVER_CONFIG`, `~/.hakuriver/config.toml`
 /// if present, else `/etc/hakuriver/config.toml` if present, else none (defaults).
 pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = explicit {
-        return Some(path.to_owned());
-    }
-    if let Some(path) =
-        std::env::var_os(hakuriver_tunnel::config::CONFIG_ENV).filter(|p| !p.is_empty())
-    {
-        return Some(PathBuf::from(path));
-    }
-    let user = hakuriver_tunnel::config::hakuriver_config_path().filter(|p| p.is_file());
-    user.or_else(|| Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.is_file()))
+    hakuriver_tunnel::config::locate_with_system(explicit, Path::new(SYSTEM_CONFIG)).path
 }
 
 /// Reads the config file (if any) and applies the overrides.
-pub fn load(overrides: &Overrides) -> Result<Settings> {
+pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
     let path = config_path(overrides.config.as_deref());
     let file = match &path {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            parse(&text).with_context(|| format!("invalid config file {}", path.display()))?
+            let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
+                path: path.clone(),
+                reason,
+            })?;
+            toml::from_str(&text).map_err(|reason| ConfigError::File {
+                path: path.clone(),
+                reason,
+            })?
         }
         None => HostFile::default(),
     };
     resolve(file, path, overrides)
 }
 
-fn parse(text: &str) -> Result<HostFile> {
+fn parse(text: &str) -> Result<HostFile, ConfigError> {
     // toml's message names the offending key and its line.
-    Ok(toml::from_str(text)?)
+    toml::from_str(text).map_err(ConfigError::Toml)
 }
 
 /// Parses and resolves config text (used by `check` and tests).
-pub fn from_str(text: &str, overrides: &Overrides) -> Result<Settings> {
+pub fn from_str(text: &str, overrides: &Overrides) -> Result<Settings, ConfigError> {
     resolve(parse(text)?, None, overrides)
 }
 
-fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Result<Settings> {
+fn resolve(
+    file: HostFile,
+    config_path: Option<PathBuf>,
+    o: &Overrides,
+) -> Result<Settings, ConfigError> {
     let HostFile {
         network,
         database,
@@ -392,8 +487,10 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
     let main_tls = o.tls || p.tls.enable.unwrap_or(false);
 
     let mut listeners = vec![ListenSpec {
-        addr: resolve_addr(&bind, port)
-            .with_context(|| format!("invalid bind address {bind:?}"))?,
+        addr: resolve_addr(&bind, port).map_err(|reason| ConfigError::BindAddress {
+            text: bind.clone(),
+            reason,
+        })?,
         tls: main_tls,
     }];
     let plain = p
@@ -411,15 +508,15 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
         let addr = parse_listen(&text)?;
         let spec = ListenSpec { addr, tls: is_tls };
         if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) {
-            bail!("listen address {addr} is configured twice");
+            return Err(ConfigError::DuplicateListen(addr));
         }
         listeners.push(spec);
     }
 
-    let positive = |name: &str, value: Option<Seconds>, default: Duration| -> Result<Duration> {
+    let positive = |name: &'static str, value: Option<Seconds>, default: Duration| {
         let value = value.map_or(default, |s| s.0);
         if value.is_zero() {
-            bail!("[ssh_proxy] {name} must be greater than 0");
+            return Err(ConfigError::ZeroTimeout(name));
         }
         Ok(value)
     };
@@ -455,7 +552,7 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
             .collect::<Result<_, CidrError>>()?,
     };
     if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
-        bail!("[ssh_proxy] max_connections and max_connections_per_ip must be greater than 0");
+        return Err(ConfigError::ZeroLimit);
     }
     let admin = AdminSettings {
         listen: p
@@ -465,13 +562,13 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
             .iter()
             .chain(o.admin_listen.iter())
             .map(|text| parse_listen(text))
-            .collect::<Result<_>>()?,
+            .collect::<Result<_, _>>()?,
         allow_remote: p.admin.allow_remote.unwrap_or(false),
     };
     for addr in &admin.listen {
         admin.check_exposure(*addr)?;
         if addr.port() != 0 && listeners.iter().any(|l| l.addr == *addr) {
-            bail!("admin address {addr} is also a tunnel listener");
+            return Err(ConfigError::AdminClash(*addr));
         }
     }
     let trusted_proxies = p
@@ -479,11 +576,10 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
         .unwrap_or_default()
         .iter()
         .map(|c| {
-            c.parse::<Cidr>().map_err(|_| {
-                anyhow::anyhow!("trusted_proxies: {c:?} is not an IP address or network")
-            })
+            c.parse::<Cidr>()
+                .map_err(|_| ConfigError::TrustedProxies(c.clone()))
         })
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     let state_dir = o
         .state_dir
         .clone()
@@ -500,7 +596,7 @@ fn resolve(file: HostFile, config_path: Option<PathBuf>, o: &Overrides) -> Resul
             state_dir,
             names: p.tls.names.unwrap_or_else(default_names),
         },
-        _ => bail!("[ssh_proxy.tls] cert_file and key_file must be given together"),
+        _ => return Err(ConfigError::CertWithoutKey),
     };
 
     Ok(Settings {
@@ -544,29 +640,32 @@ fn default_names() -> Vec<String> {
 }
 
 /// `host_bind_ip` may be an IP or a name (HakuRiver passes it to asyncio as is).
-fn resolve_addr(host: &str, port: u16) -> Result<SocketAddr> {
-    let trimmed = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = trimmed.parse::<IpAddr>() {
+fn resolve_addr(host: &str, port: u16) -> Result<SocketAddr, AddrError> {
+    let host = hakuriver_tunnel::net::strip_brackets(host);
+    if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
     (host, port)
-        .to_socket_addrs()?
+        .to_socket_addrs()
+        .map_err(AddrError::Resolve)?
         .next()
-        .with_context(|| format!("{host} resolves to no address"))
+        .ok_or_else(|| AddrError::NoAddress(host.to_owned()))
 }
 
 /// `ip:port`, `[v6]:port` or `host:port`.
-fn parse_listen(text: &str) -> Result<SocketAddr> {
+fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let (host, port) = text.rsplit_once(':').with_context(|| {
-        format!("listen address {text:?} needs a port (host:port or [v6]:port)")
-    })?;
-    let port: u16 = port
-        .parse()
-        .with_context(|| format!("listen address {text:?} has an invalid port"))?;
-    resolve_addr(host, port).with_context(|| format!("invalid listen address {text:?}"))
+    let HostPort { host, port } =
+        HostPort::parse(text).map_err(|reason| ConfigError::ListenSyntax {
+            text: text.to_owned(),
+            reason,
+        })?;
+    resolve_addr(&host, port).map_err(|reason| ConfigError::ListenAddress {
+        text: text.to_owned(),
+        reason,
+    })
 }
 
 #[cfg(test)]

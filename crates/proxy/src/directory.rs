@@ -103,11 +103,7 @@ pub struct Route {
 impl Route {
     /// `host:port`, bracketing IPv6 addresses.
     pub fn display_addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        hakuriver_tunnel::net::HostPort::display(&self.host, self.port).to_string()
     }
 }
 

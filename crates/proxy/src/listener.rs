@@ -8,10 +8,79 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use anyhow::{bail, Context, Result};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::ListenSpec;
+
+/// Why the listening sockets could not be set up; `Display` is the whole one-line text.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Binding a configured tunnel address failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The system's reason.
+        reason: std::io::Error,
+    },
+    /// Binding an admin address failed.
+    #[error("cannot listen on {addr} (admin): {reason}")]
+    BindAdmin {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The system's reason.
+        reason: std::io::Error,
+    },
+    /// `LISTEN_FDS`, `LISTEN_PID` or `LISTEN_FDNAMES` does not make sense.
+    #[error("invalid socket activation environment (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES): {0}")]
+    Environment(std::io::Error),
+    /// systemd claims to pass an fd that is not open.
+    #[error("socket-activation fd {fd}: not an open file descriptor (LISTEN_FDS={count})")]
+    NotOpen {
+        /// The descriptor number.
+        fd: RawFd,
+        /// `LISTEN_FDS`.
+        count: u32,
+    },
+    /// A passed fd is not a listening TCP socket.
+    #[error("socket-activation fd {fd} (name {name:?}): {reason}")]
+    Adopt {
+        /// The descriptor number.
+        fd: RawFd,
+        /// Its `FileDescriptorName=`.
+        name: String,
+        /// What is wrong with it.
+        reason: AdoptError,
+    },
+}
+
+/// What is wrong with a socket systemd passed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// The descriptor is not open.
+    #[error("not an open file descriptor")]
+    Closed,
+    /// The descriptor is not a socket.
+    #[error("not a socket: {0}")]
+    NotASocket(std::io::Error),
+    /// A socket, but not TCP over IP.
+    #[error("not a TCP socket (domain {domain:?}, type {kind:?}); expected ListenStream= with an IP address and port")]
+    NotTcp {
+        /// The socket's address family.
+        domain: Domain,
+        /// The socket's type.
+        kind: Type,
+    },
+    /// `SO_ACCEPTCONN` could not be read.
+    #[error("cannot query SO_ACCEPTCONN: {0}")]
+    QueryListening(std::io::Error),
+    /// A TCP socket that is not listening.
+    #[error("TCP socket is not listening")]
+    NotListening,
+    /// Making it non-blocking failed.
+    #[error("{0}")]
+    NonBlocking(std::io::Error),
+}
 
 /// `FileDescriptorName=` that marks a TLS socket.
 pub const TLS_FD_NAME: &str = "tls";
@@ -52,7 +121,7 @@ impl Bound {
 
 /// Binds every configured address. IPv6 sockets are v6-only, so `0.0.0.0:8002` and
 /// `[::]:8002` can both be configured.
-pub fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>> {
+pub fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>, ListenError> {
     specs
         .iter()
         .map(|spec| {
@@ -61,13 +130,16 @@ pub fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Bound>> {
                     socket,
                     role: if spec.tls { Role::Tls } else { Role::Plain },
                 })
-                .with_context(|| format!("cannot listen on {}", spec.addr))
+                .map_err(|reason| ListenError::Bind {
+                    addr: spec.addr,
+                    reason,
+                })
         })
         .collect()
 }
 
 /// Binds the admin listener's addresses.
-pub fn bind_admin(addrs: &[SocketAddr]) -> Result<Vec<Bound>> {
+pub fn bind_admin(addrs: &[SocketAddr]) -> Result<Vec<Bound>, ListenError> {
     addrs
         .iter()
         .map(|addr| {
@@ -76,7 +148,10 @@ pub fn bind_admin(addrs: &[SocketAddr]) -> Result<Vec<Bound>> {
                     socket,
                     role: Role::Admin,
                 })
-                .with_context(|| format!("cannot listen on {addr} (admin)"))
+                .map_err(|reason| ListenError::BindAdmin {
+                    addr: *addr,
+                    reason,
+                })
         })
         .collect()
 }
@@ -95,18 +170,20 @@ fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
 
 /// The sockets systemd passed, or `None` when not socket-activated. Must run before any
 /// other thread starts: it unsets the `LISTEN_*` variables.
-pub fn from_systemd() -> Result<Option<Vec<Bound>>> {
+pub fn from_systemd() -> Result<Option<Vec<Bound>>, ListenError> {
     check_passed_fds()?;
     let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names(true)
-        .context("invalid socket activation environment (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)")?
+        .map_err(ListenError::Environment)?
         .collect();
     if fds.is_empty() {
         return Ok(None);
     }
     fds.into_iter()
         .map(|(fd, name)| {
-            let socket =
-                adopt(fd).with_context(|| format!("socket-activation fd {fd} (name {name:?})"))?;
+            let socket = match adopt(fd) {
+                Ok(socket) => socket,
+                Err(reason) => return Err(ListenError::Adopt { fd, name, reason }),
+            };
             let role = match name.as_str() {
                 TLS_FD_NAME => Role::Tls,
                 ADMIN_FD_NAME => Role::Admin,
@@ -114,13 +191,13 @@ pub fn from_systemd() -> Result<Option<Vec<Bound>>> {
             };
             Ok(Bound { socket, role })
         })
-        .collect::<Result<Vec<_>>>()
+        .collect::<Result<Vec<_>, ListenError>>()
         .map(Some)
 }
 
 /// Names the first fd systemd claims to pass that is not open, before sd_notify's
 /// generic `Bad file descriptor` could hide which one it was.
-fn check_passed_fds() -> Result<()> {
+fn check_passed_fds() -> Result<(), ListenError> {
     let var = |name| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     let (Some(pid), Some(count)) = (var("LISTEN_PID"), var("LISTEN_FDS")) else {
         return Ok(());
@@ -130,24 +207,26 @@ fn check_passed_fds() -> Result<()> {
     }
     for fd in (0..count.min(1024)).map(|i| 3 + i as RawFd) {
         if !fd_is_open(fd) {
-            bail!("socket-activation fd {fd}: not an open file descriptor (LISTEN_FDS={count})");
+            return Err(ListenError::NotOpen { fd, count });
         }
     }
     Ok(())
 }
 
 /// Checks that a passed fd is a listening TCP socket and takes ownership of it.
-fn adopt(fd: RawFd) -> Result<StdListener> {
+fn adopt(fd: RawFd) -> Result<StdListener, AdoptError> {
     let socket = Socket::from(take_fd(fd)?);
-    let kind = socket.r#type().context("not a socket")?;
-    let domain = socket.domain().context("not a socket")?;
+    let kind = socket.r#type().map_err(AdoptError::NotASocket)?;
+    let domain = socket.domain().map_err(AdoptError::NotASocket)?;
     if kind != Type::STREAM || !(domain == Domain::IPV4 || domain == Domain::IPV6) {
-        bail!("not a TCP socket (domain {domain:?}, type {kind:?}); expected ListenStream= with an IP address and port");
+        return Err(AdoptError::NotTcp { domain, kind });
     }
-    if !socket.is_listener().context("cannot query SO_ACCEPTCONN")? {
-        bail!("TCP socket is not listening");
+    if !socket.is_listener().map_err(AdoptError::QueryListening)? {
+        return Err(AdoptError::NotListening);
     }
-    socket.set_nonblocking(true)?;
+    socket
+        .set_nonblocking(true)
+        .map_err(AdoptError::NonBlocking)?;
     Ok(socket.into())
 }
 
@@ -164,9 +243,9 @@ fn fd_is_open(fd: RawFd) -> bool {
 
 /// Takes ownership of an fd inherited from systemd.
 #[allow(unsafe_code)]
-fn take_fd(fd: RawFd) -> Result<OwnedFd> {
+fn take_fd(fd: RawFd) -> Result<OwnedFd, AdoptError> {
     if !fd_is_open(fd) {
-        bail!("not an open file descriptor");
+        return Err(AdoptError::Closed);
     }
     // SAFETY: systemd passed fds 3..3+LISTEN_FDS to this process for it to own
     // (LISTEN_PID matched our pid), the fd is open (checked above), and

@@ -3,12 +3,39 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use hakuriver_tunnel::tls::{self as shared, Fingerprint, ServerCertStore};
+use hakuriver_tunnel::tls::{self as shared, Fingerprint, ServerCertStore, TlsError};
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsAcceptor, TlsConnector};
 
 use crate::config::{CertSource, Settings};
+
+/// Why the serving certificate could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// Reading or generating the certificate failed.
+    #[error("cannot load the TLS certificate")]
+    Load(#[source] TlsError),
+    /// Only in-memory test settings have no certificate source.
+    #[error("cannot load the TLS certificate: no TLS certificate configured")]
+    NotConfigured,
+    /// The certificate does not make a server configuration.
+    #[error(transparent)]
+    Config(#[from] TlsError),
+}
+
+/// Why a pinned TLS connection (`health`) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    /// The client configuration could not be built.
+    #[error(transparent)]
+    Config(#[from] TlsError),
+    /// The server name is not valid.
+    #[error(transparent)]
+    Name(#[from] rustls::pki_types::InvalidDnsNameError),
+    /// The handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] std::io::Error),
+}
 
 /// The certificate TLS listeners serve, and the acceptor that serves it.
 #[derive(Clone)]
@@ -25,15 +52,15 @@ impl std::fmt::Debug for ServingCert {
 
 impl ServingCert {
     /// Loads the configured certificate, generating the self-signed one on first use.
-    pub fn load(settings: &Settings) -> Result<Self> {
+    pub fn load(settings: &Settings) -> Result<Self, CertError> {
         let store = match &settings.cert {
             CertSource::Files { cert, key } => ServerCertStore::from_files(cert, key),
             CertSource::SelfSigned { state_dir, names } => {
                 ServerCertStore::self_signed(state_dir, names)
             }
-            CertSource::Memory => anyhow::bail!("no TLS certificate configured"),
+            CertSource::Memory => return Err(CertError::NotConfigured),
         }
-        .context("cannot load the TLS certificate")?;
+        .map_err(CertError::Load)?;
         let store = Arc::new(store);
         let acceptor = TlsAcceptor::from(shared::server_config(Arc::clone(&store))?);
         Ok(ServingCert { store, acceptor })
@@ -50,13 +77,16 @@ impl ServingCert {
     }
 
     /// Reads the certificate again (SIGHUP). On error the current one stays in service.
-    pub fn reload(&self) -> Result<Fingerprint> {
-        Ok(self.store.reload()?)
+    pub fn reload(&self) -> Result<Fingerprint, TlsError> {
+        self.store.reload()
     }
 }
 
 /// A TLS client connection that trusts exactly `pin` (for `health`).
-pub async fn connect_pinned(tcp: TcpStream, pin: Fingerprint) -> Result<TlsStream<TcpStream>> {
+pub async fn connect_pinned(
+    tcp: TcpStream,
+    pin: Fingerprint,
+) -> Result<TlsStream<TcpStream>, PinnedError> {
     let trust = shared::ClientTrust {
         pins: vec![pin],
         ..Default::default()

@@ -7,7 +7,7 @@
 //! misspelt keys.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -35,15 +35,58 @@ pub struct DatabaseSection {
     pub db_file: Option<PathBuf>,
 }
 
-/// The config file HakuRiver itself would read: `$HAKURIVER_CONFIG`, else
-/// `~/.hakuriver/config.toml` (whether or not it exists).
-pub fn hakuriver_config_path() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
+/// HakuRiver's per-user config file, relative to `$HOME`.
+pub const USER_CONFIG: &str = ".hakuriver/config.toml";
+
+/// The config file in effect and whether the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The path, if any could be determined (no `$HOME` and nothing named → none).
+    pub path: Option<PathBuf>,
+    /// Named by `--config` or `$HAKURIVER_CONFIG` (then it must exist).
+    pub explicit: bool,
+}
+
+/// Picks the config file the way HakuRiver does: `explicit` (the `--config` flag), else
+/// `$HAKURIVER_CONFIG`, else `~/.hakuriver/config.toml` (whether or not it exists).
+///
+/// This is the one place that reads `HAKURIVER_CONFIG`.
+pub fn locate(explicit: Option<&Path>) -> Located {
+    if let Some(path) = explicit {
+        return Located {
+            path: Some(path.to_owned()),
+            explicit: true,
+        };
     }
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|home| PathBuf::from(home).join(".hakuriver").join("config.toml"))
+    if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+        return Located {
+            path: Some(PathBuf::from(path)),
+            explicit: true,
+        };
+    }
+    Located {
+        path: std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|home| PathBuf::from(home).join(USER_CONFIG)),
+        explicit: false,
+    }
+}
+
+/// Like [`locate`], for a daemon with a system-wide file: a path the user named is kept
+/// as is (it must exist); otherwise the per-user default if it is a file, else `system`
+/// if it is a file, else none.
+pub fn locate_with_system(explicit: Option<&Path>, system: &Path) -> Located {
+    let located = locate(explicit);
+    if located.explicit {
+        return located;
+    }
+    Located {
+        path: located
+            .path
+            .filter(|p| p.is_file())
+            .or_else(|| Some(system.to_owned()).filter(|p| p.is_file())),
+        explicit: false,
+    }
 }
 
 /// A duration written in the config as seconds, integer or fractional (`10`, `0.5`).
@@ -91,6 +134,17 @@ mod tests {
     struct T {
         a: Seconds,
         b: Seconds,
+    }
+
+    #[test]
+    fn named_file_wins_and_is_explicit() {
+        let named = Path::new("/nowhere/config.toml");
+        let located = locate(Some(named));
+        assert_eq!(located.path.as_deref(), Some(named));
+        assert!(located.explicit);
+        let located = locate_with_system(Some(named), Path::new("/etc/hostname"));
+        assert_eq!(located.path.as_deref(), Some(named));
+        assert!(located.explicit);
     }
 
     #[test]
