@@ -109,9 +109,18 @@ pub enum ClientError {
     /// Wrong combination of arguments that clap cannot express (exit status 2).
     #[error("{0}")]
     Arguments(String),
-    /// A local resource the client needs is unavailable (runtime, own path, output).
-    #[error("{0}")]
-    Usage(String),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(io::Error),
+    /// `ssh-config` needs this program's path for the ProxyCommand.
+    #[error("cannot find this program's path: {0}")]
+    OwnPath(io::Error),
+    /// `man` could not render the page.
+    #[error("cannot render the man page: {0}")]
+    ManPage(io::Error),
+    /// `list --json` could not encode the list.
+    #[error("cannot print the list: {0}")]
+    ListJson(serde_json::Error),
     /// A relay in `--stdio` mode ended with an error.
     #[error("tunnel to task {task} failed: {source}")]
     Relay {
@@ -120,9 +129,33 @@ pub enum ClientError {
         /// The I/O error.
         source: io::Error,
     },
-    /// The `trust` command or its store failed.
-    #[error("{0}")]
-    Trust(String),
+    /// The trust-on-first-use store could not be read or written.
+    #[error(transparent)]
+    TrustStore(#[from] crate::trust::StoreError),
+    /// The fingerprint given to `trust` does not parse.
+    #[error("bad fingerprint {text:?}: {reason}")]
+    BadFingerprint {
+        /// As given.
+        text: String,
+        /// What is wrong with it.
+        reason: hakuriver_tunnel::tls::FingerprintParseError,
+    },
+    /// `trust` has nowhere to store the fingerprint.
+    #[error("no known_proxies file (is $HOME set?)")]
+    NoTrustStore,
+    /// `trust FINGERPRINT`: the proxy presents another certificate.
+    #[error("the proxy at {target} presents certificate {got}, not {want}; nothing saved")]
+    FingerprintMismatch {
+        /// `host:port` as configured.
+        target: String,
+        /// What the proxy presents.
+        got: hakuriver_tunnel::tls::Fingerprint,
+        /// What the user expected.
+        want: hakuriver_tunnel::tls::Fingerprint,
+    },
+    /// `trust`: the user said no.
+    #[error("not trusted; nothing saved")]
+    NotTrusted,
 }
 
 /// Exit status for command-line mistakes, as clap uses.

@@ -120,7 +120,7 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
             let mut out = Vec::new();
             clap_mangen::Man::new(Cli::command())
                 .render(&mut out)
-                .map_err(|e| ClientError::Usage(format!("cannot render the man page: {e}")))?;
+                .map_err(ClientError::ManPage)?;
             return Ok(write_stdout(&out));
         }
         Some(Command::SshConfig) => return ssh_config(&cli),
@@ -219,8 +219,7 @@ fn list(cli: &Cli, json: bool) -> Result<u8, ClientError> {
     let reply = listed?;
     let text = if json {
         // serde_json escapes control characters, so this is safe on a terminal too.
-        let mut text = serde_json::to_string_pretty(&reply.tasks)
-            .map_err(|e| ClientError::Usage(format!("cannot print the list: {e}")))?;
+        let mut text = serde_json::to_string_pretty(&reply.tasks).map_err(ClientError::ListJson)?;
         text.push('\n');
         text
     } else {
@@ -272,7 +271,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| ClientError::Usage(format!("cannot start the async runtime: {e}")))
+        .map_err(ClientError::Runtime)
 }
 
 /// `trust [FINGERPRINT]`: fetch the proxy's certificate fingerprint, check it against
@@ -286,7 +285,10 @@ fn trust(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
     let expected = expected
         .map(|fp| {
             fp.parse::<hakuriver_tunnel::tls::Fingerprint>()
-                .map_err(|e| ClientError::Trust(format!("bad fingerprint {fp:?}: {e}")))
+                .map_err(|reason| ClientError::BadFingerprint {
+                    text: fp.to_owned(),
+                    reason,
+                })
         })
         .transpose()?;
     let store = settings
@@ -294,7 +296,7 @@ fn trust(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
         .known_proxies_file
         .clone()
         .map(trust::KnownProxies::new)
-        .ok_or_else(|| ClientError::Trust("no known_proxies file (is $HOME set?)".to_owned()))?;
+        .ok_or(ClientError::NoTrustStore)?;
     let runtime = runtime()?;
     let fetched = runtime.block_on(transport::fetch_fingerprint(
         &target,
@@ -305,20 +307,22 @@ fn trust(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
     let fingerprint = fetched?;
     match expected {
         Some(want) if want != fingerprint => {
-            return Err(ClientError::Trust(format!(
-            "the proxy at {target} presents certificate {fingerprint}, not {want}; nothing saved"
-        )))
+            return Err(ClientError::FingerprintMismatch {
+                target: target.to_string(),
+                got: fingerprint,
+                want,
+            })
         }
         Some(_) => {}
         None => {
             if !trust::confirm(&target.to_string(), fingerprint) {
-                return Err(ClientError::Trust("not trusted; nothing saved".to_owned()));
+                return Err(ClientError::NotTrusted);
             }
         }
     }
     let added = store
         .add(&target.to_string(), fingerprint)
-        .map_err(ClientError::Trust)?;
+        .map_err(ClientError::TrustStore)?;
     let state = if added { "saved in" } else { "already in" };
     eprintln!(
         "{target} {fingerprint} ({state} {}); connect with --tls",
@@ -328,8 +332,7 @@ fn trust(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
 }
 
 fn ssh_config(cli: &Cli) -> Result<u8, ClientError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| ClientError::Usage(format!("cannot find this program's path: {e}")))?;
+    let exe = std::env::current_exe().map_err(ClientError::OwnPath)?;
     let overrides = &cli.conn;
     // The user comes from the flag or the config file; a missing default file is fine.
     let user = match &overrides.user {

@@ -77,7 +77,7 @@ impl Transport {
             if let Some(store) = &store {
                 pins = store
                     .lookup(&target.to_string())
-                    .map_err(ClientError::Trust)?;
+                    .map_err(ClientError::TrustStore)?;
                 if pins.is_empty() && trust_on_first_use {
                     first_use = Some(store.clone());
                 }

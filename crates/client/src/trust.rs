@@ -7,7 +7,46 @@ use std::fs;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use hakuriver_tunnel::tls::Fingerprint;
+use hakuriver_tunnel::tls::{Fingerprint, FingerprintParseError};
+
+/// Why the store could not be read or written; `Display` names the file (and line).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {}: {reason}", path.display())]
+    Read {
+        /// The store file.
+        path: PathBuf,
+        /// The system's reason.
+        reason: io::Error,
+    },
+    /// A line is not `<host>:<port> sha256:<hex>`.
+    #[error("{} line {line}: expected `<host>:<port> sha256:<hex>`", path.display())]
+    Syntax {
+        /// The store file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A line's fingerprint does not parse.
+    #[error("{} line {line}: {reason}", path.display())]
+    Fingerprint {
+        /// The store file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: FingerprintParseError,
+    },
+    /// The file or its directory cannot be written.
+    #[error("cannot write {}: {reason}", path.display())]
+    Write {
+        /// The store file.
+        path: PathBuf,
+        /// The system's reason.
+        reason: io::Error,
+    },
+}
 
 /// Trust on first use: records the certificate the proxy at `target` presented in its
 /// first handshake, and tells the user once (on stderr) how to check it. Runs right
@@ -19,7 +58,7 @@ pub fn remember_first_use(
 ) -> Result<(), crate::error::ClientError> {
     let added = store
         .add(&target.to_string(), fingerprint)
-        .map_err(crate::error::ClientError::Trust)?;
+        .map_err(crate::error::ClientError::TrustStore)?;
     if added {
         eprintln!(
             "hakuriver-ssh: trusting the proxy at {target} on first use: {fingerprint} \
@@ -48,11 +87,16 @@ impl KnownProxies {
     }
 
     /// The fingerprints stored for `proxy` (`host:port`); none when the file is missing.
-    pub fn lookup(&self, proxy: &str) -> Result<Vec<Fingerprint>, String> {
+    pub fn lookup(&self, proxy: &str) -> Result<Vec<Fingerprint>, StoreError> {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
+            Err(reason) => {
+                return Err(StoreError::Read {
+                    path: self.path.clone(),
+                    reason,
+                })
+            }
         };
         let mut found = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -62,28 +106,31 @@ impl KnownProxies {
             }
             let mut words = line.split_whitespace();
             let (Some(name), Some(fp), None) = (words.next(), words.next(), words.next()) else {
-                return Err(format!(
-                    "{} line {}: expected `<host>:<port> sha256:<hex>`",
-                    self.path.display(),
-                    n + 1
-                ));
+                return Err(StoreError::Syntax {
+                    path: self.path.clone(),
+                    line: n + 1,
+                });
             };
             if name == proxy {
-                found.push(
-                    fp.parse()
-                        .map_err(|e| format!("{} line {}: {e}", self.path.display(), n + 1))?,
-                );
+                found.push(fp.parse().map_err(|reason| StoreError::Fingerprint {
+                    path: self.path.clone(),
+                    line: n + 1,
+                    reason,
+                })?);
             }
         }
         Ok(found)
     }
 
     /// Records `fingerprint` for `proxy`; `false` when it was already there.
-    pub fn add(&self, proxy: &str, fingerprint: Fingerprint) -> Result<bool, String> {
+    pub fn add(&self, proxy: &str, fingerprint: Fingerprint) -> Result<bool, StoreError> {
         if self.lookup(proxy)?.contains(&fingerprint) {
             return Ok(false);
         }
-        let write_error = |e: io::Error| format!("cannot write {}: {e}", self.path.display());
+        let write_error = |reason: io::Error| StoreError::Write {
+            path: self.path.clone(),
+            reason,
+        };
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir).map_err(write_error)?;
         }
