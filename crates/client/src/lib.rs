@@ -18,6 +18,7 @@
 //! - [`session`]: the interactive mode: local listener, `ssh`, relays, exit status.
 //! - [`stdio`]: the ProxyCommand mode (`--stdio`).
 //! - [`ssh_config`]: the `~/.ssh/config` block `ssh-config` prints.
+//! - [`list`]: the `list` command: the VPS tasks the proxy says you may reach.
 //! - [`error`]: every failure with the one line the user sees.
 //!
 //! The wire protocol and the relay come from `hakuriver-tunnel`, shared with the proxy.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod dial;
 pub mod display;
 pub mod error;
+pub mod list;
 pub mod session;
 pub mod ssh_config;
 pub mod stdio;
@@ -40,10 +42,10 @@ pub mod tunnel;
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::CommandFactory;
-use hakuriver_tunnel::protocol::{ListReply, TaskRef};
+use hakuriver_tunnel::protocol::TaskRef;
 
 use crate::cli::{Cli, Command};
 use crate::error::ClientError;
@@ -123,9 +125,9 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
                 .map_err(ClientError::ManPage)?;
             return Ok(write_stdout(&out));
         }
-        Some(Command::SshConfig) => return ssh_config(&cli),
-        Some(Command::List { json }) => return list(&cli, *json),
-        Some(Command::Trust { expected }) => return trust(&cli, expected.as_deref()),
+        Some(Command::SshConfig) => return ssh_config::command(&cli),
+        Some(Command::List { json }) => return list::command(&cli, *json),
+        Some(Command::Trust { expected }) => return trust::command(&cli, expected.as_deref()),
         None => {}
     }
     let Some(raw_id) = cli.task_id.as_deref() else {
@@ -177,7 +179,7 @@ fn dispatch(cli: Cli, program: &str) -> Result<u8, ClientError> {
 }
 
 /// The settings and a connector for them, with the user's token (if any) attached.
-fn connector(
+pub(crate) fn connector(
     cli: &Cli,
     token: Option<(hakuriver_tunnel::protocol::Token, token::TokenSource)>,
 ) -> Result<(config::Settings, Connector), ClientError> {
@@ -210,63 +212,8 @@ fn connector(
     Ok((settings, connector))
 }
 
-/// `list [--json]`: the VPS tasks the proxy says we may reach.
-fn list(cli: &Cli, json: bool) -> Result<u8, ClientError> {
-    let (_, connector) = connector(cli, token::find(cli.conn.token_file.as_deref())?)?;
-    let runtime = runtime()?;
-    let listed = runtime.block_on(connector.list());
-    runtime.shutdown_background();
-    let reply = listed?;
-    let text = if json {
-        // serde_json escapes control characters, so this is safe on a terminal too.
-        let mut text = serde_json::to_string_pretty(&reply.tasks).map_err(ClientError::ListJson)?;
-        text.push('\n');
-        text
-    } else {
-        list_table(&reply)
-    };
-    Ok(write_stdout(text.as_bytes()))
-}
-
-/// The list as an aligned table; every cell came from the network, so each is made
-/// safe and cut.
-fn list_table(reply: &ListReply) -> String {
-    let rows: Vec<[String; 4]> = reply
-        .tasks
-        .iter()
-        .map(|t| {
-            [
-                display::safe_cut(&t.task_id, 20),
-                display::safe_cut(t.name.as_deref().unwrap_or("-"), 40),
-                display::safe_cut(&t.status, 16),
-                display::safe_cut(t.node.as_deref().unwrap_or("-"), 32),
-            ]
-        })
-        .collect();
-    let header = ["TASK ID", "NAME", "STATUS", "NODE"].map(String::from);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    if rows.is_empty() {
-        out.push_str("(no VPS tasks you may reach)\n");
-    }
-    out
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+/// The client's async runtime (two workers: a relay has two directions).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -274,96 +221,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
         .map_err(ClientError::Runtime)
 }
 
-/// `trust [FINGERPRINT]`: fetch the proxy's certificate fingerprint, check it against
-/// the expected one (or ask), and store it.
-fn trust(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
-    let settings = config::resolve(&cli.conn)?;
-    let target = Target {
-        host: settings.host.clone(),
-        port: settings.port,
-    };
-    let expected = expected
-        .map(|fp| {
-            fp.parse::<hakuriver_tunnel::tls::Fingerprint>()
-                .map_err(|reason| ClientError::BadFingerprint {
-                    text: fp.to_owned(),
-                    reason,
-                })
-        })
-        .transpose()?;
-    let store = settings
-        .tls
-        .known_proxies_file
-        .clone()
-        .map(trust::KnownProxies::new)
-        .ok_or(ClientError::NoTrustStore)?;
-    let runtime = runtime()?;
-    let fetched = runtime.block_on(transport::fetch_fingerprint(
-        &target,
-        settings.tls.server_name.as_deref(),
-        settings.connect_timeout,
-    ));
-    runtime.shutdown_background();
-    let fingerprint = fetched?;
-    match expected {
-        Some(want) if want != fingerprint => {
-            return Err(ClientError::FingerprintMismatch {
-                target: target.to_string(),
-                got: fingerprint,
-                want,
-            })
-        }
-        Some(_) => {}
-        None => {
-            if !trust::confirm(&target.to_string(), fingerprint) {
-                return Err(ClientError::NotTrusted);
-            }
-        }
-    }
-    let added = store
-        .add(&target.to_string(), fingerprint)
-        .map_err(ClientError::TrustStore)?;
-    let state = if added { "saved in" } else { "already in" };
-    eprintln!(
-        "{target} {fingerprint} ({state} {}); connect with --tls",
-        store.path().display()
-    );
-    Ok(0)
-}
-
-fn ssh_config(cli: &Cli) -> Result<u8, ClientError> {
-    let exe = std::env::current_exe().map_err(ClientError::OwnPath)?;
-    let overrides = &cli.conn;
-    // The user comes from the flag or the config file; a missing default file is fine.
-    let user = match &overrides.user {
-        Some(user) => user.clone(),
-        None => match config::resolve(&config::Overrides {
-            host: Some("unused".to_owned()),
-            ..overrides.clone()
-        }) {
-            Ok(settings) => settings.user,
-            Err(e @ ClientError::Config { .. }) => return Err(e),
-            Err(_) => config::DEFAULT_USER.to_owned(),
-        },
-    };
-    let flags = config::Overrides {
-        // `$HAKURIVER_CONFIG` reaches the ProxyCommand through ssh's environment anyway.
-        config: overrides.config.as_deref().map(absolute),
-        ca_file: overrides.ca_file.as_deref().map(absolute),
-        token_file: overrides.token_file.as_deref().map(absolute),
-        ..overrides.clone()
-    };
-    let text = ssh_config::render(&exe, &user, &flags);
-    Ok(write_stdout(text.as_bytes()))
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
-}
-
 /// Writes a helper command's output; a closed pipe (`| head`) is not an error worth a
 /// message, but the status says the output is incomplete.
-fn write_stdout(bytes: &[u8]) -> u8 {
+pub(crate) fn write_stdout(bytes: &[u8]) -> u8 {
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => 0,

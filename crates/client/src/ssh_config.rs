@@ -4,7 +4,10 @@
 //! (`hakuriver-<id>`), so each VPS gets one stable known_hosts entry without
 //! `HostKeyAlias` (which does not expand `%n` in OpenSSH's ssh_config).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::config;
+use crate::error::ClientError;
 
 use crate::config::Overrides;
 
@@ -96,6 +99,37 @@ fn config_word(value: &str) -> String {
     } else {
         value.to_owned()
     }
+}
+
+/// `ssh-config`: prints the block for this program, with the connection flags given.
+pub fn command(cli: &crate::cli::Cli) -> Result<u8, ClientError> {
+    let exe = std::env::current_exe().map_err(ClientError::OwnPath)?;
+    let overrides = &cli.conn;
+    // The user comes from the flag or the config file; a missing default file is fine.
+    let user = match &overrides.user {
+        Some(user) => user.clone(),
+        None => match config::resolve(&config::Overrides {
+            host: Some("unused".to_owned()),
+            ..overrides.clone()
+        }) {
+            Ok(settings) => settings.user,
+            Err(e @ ClientError::Config { .. }) => return Err(e),
+            Err(_) => config::DEFAULT_USER.to_owned(),
+        },
+    };
+    let flags = config::Overrides {
+        // `$HAKURIVER_CONFIG` reaches the ProxyCommand through ssh's environment anyway.
+        config: overrides.config.as_deref().map(absolute),
+        ca_file: overrides.ca_file.as_deref().map(absolute),
+        token_file: overrides.token_file.as_deref().map(absolute),
+        ..overrides.clone()
+    };
+    let text = render(&exe, &user, &flags);
+    Ok(crate::write_stdout(text.as_bytes()))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 #[cfg(test)]

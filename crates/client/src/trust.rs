@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 
 use hakuriver_tunnel::tls::{Fingerprint, FingerprintParseError};
 
+use crate::cli::Cli;
+use crate::config;
+use crate::dial::Target;
+use crate::error::ClientError;
+use crate::transport;
+
 /// Why the store could not be read or written; `Display` names the file (and line).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -161,6 +167,63 @@ pub fn confirm(proxy: &str, fingerprint: Fingerprint) -> bool {
         return false;
     }
     matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+}
+
+/// `trust [FINGERPRINT]`: fetch the proxy's certificate fingerprint, check it against
+/// the expected one (or ask), and store it.
+pub fn command(cli: &Cli, expected: Option<&str>) -> Result<u8, ClientError> {
+    let settings = config::resolve(&cli.conn)?;
+    let target = Target {
+        host: settings.host.clone(),
+        port: settings.port,
+    };
+    let expected = expected
+        .map(|fp| {
+            fp.parse::<hakuriver_tunnel::tls::Fingerprint>()
+                .map_err(|reason| ClientError::BadFingerprint {
+                    text: fp.to_owned(),
+                    reason,
+                })
+        })
+        .transpose()?;
+    let store = settings
+        .tls
+        .known_proxies_file
+        .clone()
+        .map(KnownProxies::new)
+        .ok_or(ClientError::NoTrustStore)?;
+    let runtime = crate::runtime()?;
+    let fetched = runtime.block_on(transport::fetch_fingerprint(
+        &target,
+        settings.tls.server_name.as_deref(),
+        settings.connect_timeout,
+    ));
+    runtime.shutdown_background();
+    let fingerprint = fetched?;
+    match expected {
+        Some(want) if want != fingerprint => {
+            return Err(ClientError::FingerprintMismatch {
+                target: target.to_string(),
+                got: fingerprint,
+                want,
+            })
+        }
+        Some(_) => {}
+        None => {
+            if !confirm(&target.to_string(), fingerprint) {
+                return Err(ClientError::NotTrusted);
+            }
+        }
+    }
+    let added = store
+        .add(&target.to_string(), fingerprint)
+        .map_err(ClientError::TrustStore)?;
+    let state = if added { "saved in" } else { "already in" };
+    eprintln!(
+        "{target} {fingerprint} ({state} {}); connect with --tls",
+        store.path().display()
+    );
+    Ok(0)
 }
 
 #[cfg(test)]
