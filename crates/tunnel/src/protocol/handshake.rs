@@ -72,43 +72,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
 }
 
 /// [`super::read_line`] with the request caps: [`MAX_REQUEST_LINE`] unless the line
-/// starts as an extended one.
+/// starts as an extended one. Until the first bytes tell which form it is, the larger
+/// cap applies; the classic one is checked again on every step, so a classic line never
+/// gets more.
 async fn read_request_line<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> io::Result<Line> {
-    // Until the first bytes tell which form this is, the larger cap applies; the
-    // classic one is checked again on every step, so a classic line never gets more.
-    let cap = |line: &[u8]| {
+    super::read_line_capped(reader, |line| {
         if allows_long_line(line) {
             MAX_EXTENDED_LINE
         } else {
             MAX_REQUEST_LINE
         }
-    };
-    let mut line = Vec::new();
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(Line::Eof(line));
-        }
-        let room = cap(&line).saturating_sub(line.len());
-        let window = &available[..available.len().min(room)];
-        if let Some(pos) = window.iter().position(|&b| b == b'\n') {
-            line.extend_from_slice(&window[..pos]);
-            reader.consume(pos + 1);
-            if line.len() + 1 > cap(&line) {
-                return Ok(Line::TooLong);
-            }
-            return Ok(Line::Complete(line));
-        }
-        if window.len() == room {
-            return Ok(Line::TooLong);
-        }
-        let taken = window.len();
-        line.extend_from_slice(window);
-        reader.consume(taken);
-        if line.len() >= cap(&line) {
-            return Ok(Line::TooLong);
-        }
-    }
+    })
+    .await
 }
 
 /// Why a client's handshake did not produce a reply.

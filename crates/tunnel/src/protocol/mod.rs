@@ -226,17 +226,30 @@ pub async fn read_line<R>(reader: &mut R, max: usize) -> io::Result<Line>
 where
     R: AsyncBufRead + Unpin,
 {
+    read_line_capped(reader, |_| max).await
+}
+
+/// [`read_line`] with a cap that may depend on the bytes read so far (the request line
+/// is capped by its first word: [`handshake`]). A line longer than the cap for its
+/// final bytes is [`Line::TooLong`].
+pub async fn read_line_capped<R>(reader: &mut R, cap: impl Fn(&[u8]) -> usize) -> io::Result<Line>
+where
+    R: AsyncBufRead + Unpin,
+{
     let mut line = Vec::new();
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
             return Ok(Line::Eof(line));
         }
-        let room = max.saturating_sub(line.len());
+        let room = cap(&line).saturating_sub(line.len());
         let window = &available[..available.len().min(room)];
         if let Some(pos) = window.iter().position(|&b| b == b'\n') {
             line.extend_from_slice(&window[..pos]);
             reader.consume(pos + 1);
+            if line.len() + 1 > cap(&line) {
+                return Ok(Line::TooLong);
+            }
             return Ok(Line::Complete(line));
         }
         if window.len() == room {
