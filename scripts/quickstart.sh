@@ -48,6 +48,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The port of the proxy's first listener, once its log says it listens (10 s at most).
+wait_for_proxy() {
+    for _ in $(seq 100); do
+        grep -q 'listening addr=' "$work/proxy.log" && break
+        sleep 0.1
+    done
+    local addr
+    addr=$(grep -o 'listening addr=[^ ]*' "$work/proxy.log" | head -n1 | cut -d= -f2)
+    [[ -n $addr ]] || { cat "$work/proxy.log" >&2; echo "proxy did not start" >&2; exit 1; }
+    echo "${addr##*:}"
+}
+
 say "starting a VPS stand-in: OpenSSH sshd on 127.0.0.1"
 ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
 ssh-keygen -q -t ed25519 -N '' -f "$work/user_key"
@@ -80,13 +92,7 @@ if [[ $MODE == --kohakuriver ]]; then
     "$BIN/hakuriver-ssh-proxy" serve --config "$work/proxy.toml" --bind 127.0.0.1 --port 0 --tls \
         --state-dir "$work/state" --db "$work/kohakuriver.db" --log-format text 2>"$work/proxy.log" &
     pids+=($!)
-    for _ in $(seq 100); do
-        grep -q 'listening addr=' "$work/proxy.log" && break
-        sleep 0.1
-    done
-    proxy_addr=$(grep -o 'listening addr=[^ ]*' "$work/proxy.log" | head -n1 | cut -d= -f2)
-    [[ -n $proxy_addr ]] || { cat "$work/proxy.log" >&2; echo "proxy did not start" >&2; exit 1; }
-    proxy_port=${proxy_addr##*:}
+    proxy_port=$(wait_for_proxy)
     fp=$("$BIN/hakuriver-ssh-proxy" fingerprint --config "$work/proxy.toml" --tls --state-dir "$work/state")
     ssh_opts=(-i "$work/user_key" -o "UserKnownHostsFile=$work/known_hosts" -o StrictHostKeyChecking=accept-new
         -o BatchMode=yes -o LogLevel=ERROR)
@@ -123,13 +129,7 @@ say "starting hakuriver-ssh-proxy"
 "$BIN/hakuriver-ssh-proxy" serve --bind 127.0.0.1 --port 0 --db "$work/hakuriver.db" --log-format text \
     2>"$work/proxy.log" &
 pids+=($!)
-for _ in $(seq 100); do
-    grep -q 'listening addr=' "$work/proxy.log" && break
-    sleep 0.1
-done
-proxy_addr=$(grep -o 'listening addr=[^ ]*' "$work/proxy.log" | head -n1 | cut -d= -f2)
-[[ -n $proxy_addr ]] || { cat "$work/proxy.log" >&2; echo "proxy did not start" >&2; exit 1; }
-proxy_port=${proxy_addr##*:}
+proxy_port=$(wait_for_proxy)
 sed -n '1,3p' "$work/proxy.log" >&2
 
 ssh_opts=(-i "$work/user_key" -o "UserKnownHostsFile=$work/known_hosts" -o StrictHostKeyChecking=accept-new

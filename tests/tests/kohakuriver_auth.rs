@@ -85,6 +85,16 @@ impl World {
         w
     }
 
+    /// The proxy's plain-TCP listener (beside the TLS one).
+    fn plain_addr(&self) -> std::net::SocketAddr {
+        self.proxy
+            .listeners()
+            .iter()
+            .find(|(_, t)| *t == hakuriver_ssh_tests::Transport::Plain)
+            .map(|(a, _)| *a)
+            .expect("a plain listener")
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.home.path().join(name)
     }
@@ -281,13 +291,7 @@ fn every_refusal_is_one_line_exit_255_and_ssh_never_runs() {
 #[test]
 fn a_plain_listener_refuses_and_the_client_never_sends_the_token_there() {
     let w = World::start();
-    let plain = w
-        .proxy
-        .listeners()
-        .iter()
-        .find(|(_, t)| *t == hakuriver_ssh_tests::Transport::Plain)
-        .map(|(a, _)| *a)
-        .expect("a plain listener");
+    let plain = w.plain_addr();
     let port = plain.port().to_string();
     let mut cmd = w.client(
         Some(tokens::OWNER),
@@ -327,13 +331,7 @@ fn a_plain_listener_refuses_and_the_client_never_sends_the_token_there() {
 #[test]
 fn hakurivers_python_client_gets_a_clear_refusal() {
     let w = World::start();
-    let plain = w
-        .proxy
-        .listeners()
-        .iter()
-        .find(|(_, t)| *t == hakuriver_ssh_tests::Transport::Plain)
-        .map(|(a, _)| *a)
-        .expect("a plain listener");
+    let plain = w.plain_addr();
     let out = run_python_client(plain, &TASK_OK.to_string(), &w.sshd, b"", FAIL_TIMEOUT).unwrap();
     // It prints (on stdout, as it does) the proxy's message after "Proxy Error:".
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
