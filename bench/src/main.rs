@@ -26,8 +26,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use hakuriver_ssh_tests::process::{LogBuffer, Process};
 use hakuriver_ssh_tests::proxy::Proxy;
 use hakuriver_ssh_tests::{HakuDb, PyHostProxy, Schema, SqlDb, Sshd};
+use hakuriver_tunnel::protocol::handshake::request_tunnel_buffered;
+use hakuriver_tunnel::protocol::{Request, Response, SUCCESS_LINE};
 use hakuriver_tunnel::relay::ReadAhead;
 use hakuriver_tunnel::tls::{client_config, ClientTrust, Fingerprint};
+use hakuriver_tunnel::TaskId;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -289,21 +292,16 @@ impl Target {
             None => Stream::Plain(tcp),
         };
         if self.protocol {
-            let line = format!("REQUEST_TUNNEL {TASK_RUNNER}\n");
-            let mut reply = [0u8; 8];
-            match &mut stream {
-                Stream::Plain(s) => {
-                    s.write_all(line.as_bytes()).await?;
-                    s.read_exact(&mut reply).await?;
-                }
-                Stream::Tls(s) => {
-                    s.write_all(line.as_bytes()).await?;
-                    s.flush().await?;
-                    s.read_exact(&mut reply).await?;
-                }
+            let request = Request {
+                task_id: TaskId::try_from(TASK_RUNNER)?,
             }
-            if &reply != b"SUCCESS\n" {
-                bail!("proxy replied {:?}", String::from_utf8_lossy(&reply));
+            .encode();
+            let reply = match &mut stream {
+                Stream::Plain(s) => request_on(s, &request).await?,
+                Stream::Tls(s) => request_on(&mut **s, &request).await?,
+            };
+            if reply != Response::Success {
+                bail!("proxy replied {reply:?}");
             }
         } else if greet {
             let mut reply = [0u8; 8];
@@ -317,6 +315,19 @@ impl Target {
         }
         Ok(stream)
     }
+}
+
+/// The handshake over `stream`, reading no further than the reply (the runner's bytes
+/// stay in the socket, and the timed stream is the raw one).
+async fn request_on<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    request: &[u8],
+) -> Result<Response> {
+    let (reply, rest) =
+        request_tunnel_buffered(stream, request, Duration::from_secs(30), SUCCESS_LINE.len())
+            .await?;
+    anyhow::ensure!(rest.buffer().is_empty(), "read past the reply");
+    Ok(reply)
 }
 
 /// CPU time `pid` has used so far, all its threads (live and ended), user + system, in µs.

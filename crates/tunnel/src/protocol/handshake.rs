@@ -117,7 +117,25 @@ pub async fn request_tunnel<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut stream = BufReader::new(stream);
+    request_tunnel_buffered(stream, request, timeout, READ_BUFFER).await
+}
+
+/// What [`request_tunnel`] reads at a time.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// [`request_tunnel`] reading at most `capacity` bytes at a time. With the length of
+/// `SUCCESS\n` nothing behind a success reply is read, so the caller may take the stream
+/// out of the buffer (the benchmark times the raw stream).
+pub async fn request_tunnel_buffered<S>(
+    stream: S,
+    request: &[u8],
+    timeout: Duration,
+    capacity: usize,
+) -> Result<(Response, BufReader<S>), ReplyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stream = BufReader::with_capacity(capacity, stream);
     stream.get_mut().write_all(request).await?;
     stream.get_mut().flush().await?;
     let line = tokio::time::timeout(timeout, super::read_line(&mut stream, MAX_RESPONSE_LINE))
