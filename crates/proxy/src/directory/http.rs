@@ -302,3 +302,225 @@ fn parse_nodes(v: &Value) -> Result<HashMap<String, Node>, String> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::error::Refusal;
+
+    /// A Host API on loopback serving the documented JSON shapes (KohakuRiver 1.0's:
+    /// `/api` routes, string task IDs, a bearer token), counting requests; `hang`
+    /// makes it accept and never answer.
+    struct Host {
+        addr: std::net::SocketAddr,
+        requests: Arc<AtomicUsize>,
+        hang: Arc<AtomicBool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    const TOKEN: &str = "sekrit-token";
+    const TASKS: &str = r#"[
+        {"task_id": "7", "status": "running", "assigned_node": "n1", "ssh_port": 2222},
+        {"task_id": "8", "status": "running", "assigned_node": "n2", "ssh_port": 2223},
+        {"task_id": "9", "status": "running", "assigned_node": "n1", "ssh_port": null},
+        {"task_id": "10", "status": "pending", "assigned_node": null, "ssh_port": null}
+    ]"#;
+    const NODES: &str = r#"[
+        {"hostname": "n1", "url": "http://127.0.0.1:8001", "status": "online"},
+        {"hostname": "n2", "url": "http://127.0.0.2:8001", "status": "offline"}
+    ]"#;
+
+    impl Host {
+        async fn start() -> Host {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let requests = Arc::new(AtomicUsize::new(0));
+            let hang = Arc::new(AtomicBool::new(false));
+            let (r, h) = (Arc::clone(&requests), Arc::clone(&hang));
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((mut conn, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (r, h) = (Arc::clone(&r), Arc::clone(&h));
+                    tokio::spawn(async move {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if h.load(Ordering::SeqCst) {
+                            let _ = conn.read(&mut buf).await;
+                            return;
+                        }
+                        let head = String::from_utf8_lossy(&head).to_string();
+                        let authorized =
+                            head.contains(&format!("authorization: Bearer {TOKEN}\r\n"));
+                        let (status, body) = if !authorized {
+                            ("401 Unauthorized", "{}")
+                        } else if head.starts_with("GET /api/vps/status ") {
+                            ("200 OK", TASKS)
+                        } else if head.starts_with("GET /api/nodes ") {
+                            ("200 OK", NODES)
+                        } else {
+                            ("404 Not Found", "{}")
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = conn.write_all(reply.as_bytes()).await;
+                    });
+                }
+            });
+            Host {
+                addr,
+                requests,
+                hang,
+                task,
+            }
+        }
+
+        fn settings(&self, token: Option<&str>) -> HttpDirectorySettings {
+            HttpDirectorySettings {
+                authority: self.addr.to_string(),
+                prefix: "/api".into(),
+                token: token.map(Into::into),
+                cache: Duration::from_secs(2),
+                stale: Duration::from_secs(60),
+            }
+        }
+
+        fn requests(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+    }
+
+    fn tid(n: i64) -> TaskId {
+        TaskId::try_from(n).expect("id")
+    }
+
+    async fn wire(d: &HttpDirectory, n: i64) -> Result<String, String> {
+        d.lookup(tid(n))
+            .await
+            .map(|r| r.display_addr())
+            .map_err(|e| Refusal::from(e).to_string())
+    }
+
+    /// Makes the cached copy look `age` old.
+    fn age(d: &HttpDirectory, age: Duration) {
+        let mut state = d.state();
+        let old = state.snapshot.take().expect("a snapshot");
+        state.snapshot = Some(Arc::new(Snapshot {
+            fetched: Instant::now().checked_sub(age).expect("instant"),
+            tasks: old.tasks.clone(),
+            nodes: old.nodes.clone(),
+        }));
+    }
+
+    #[tokio::test]
+    async fn routes_and_refuses_with_hakurivers_texts_and_caches() {
+        let host = Host::start().await;
+        let d = HttpDirectory::new(host.settings(Some(TOKEN)));
+        assert_eq!(wire(&d, 7).await, Ok("127.0.0.1:2222".into()));
+        assert_eq!(
+            wire(&d, 8).await,
+            Err("Assigned node for VPS task 8 is not online.".into())
+        );
+        assert_eq!(
+            wire(&d, 9).await,
+            Err("VPS task 9 has no SSH port assigned.".into())
+        );
+        assert_eq!(
+            wire(&d, 10).await,
+            Err("VPS task 10 is not active (status: pending).".into())
+        );
+        assert_eq!(wire(&d, 11).await, Err("Task 11 not found.".into()));
+        for _ in 0..20 {
+            assert_eq!(wire(&d, 7).await, Ok("127.0.0.1:2222".into()));
+        }
+        // One fetch (both routes) for all of them, within cache_secs.
+        assert_eq!(host.requests(), 2);
+        assert_eq!(d.count_active().await.expect("count"), 3);
+        age(&d, Duration::from_secs(3));
+        assert_eq!(wire(&d, 7).await, Ok("127.0.0.1:2222".into()));
+        assert_eq!(host.requests(), 4);
+        assert!(d.outage().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_is_a_database_error_that_does_not_show_the_token() {
+        let host = Host::start().await;
+        let d = HttpDirectory::new(host.settings(Some("wrong-token")));
+        let denied = d.lookup(tid(7)).await.expect_err("refused");
+        let refusal = Refusal::from(denied);
+        assert_eq!(
+            refusal.to_string(),
+            "Internal server error during task lookup."
+        );
+        let detail = refusal.detail();
+        assert!(detail.contains("401"), "{detail}");
+        assert!(!detail.contains("wrong-token"), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn serves_stale_while_the_host_is_down_then_refuses() {
+        let host = Host::start().await;
+        let d = HttpDirectory::new(host.settings(Some(TOKEN)));
+        assert_eq!(wire(&d, 7).await, Ok("127.0.0.1:2222".into()));
+        let server = host.task;
+        server.abort();
+        let _ = server.await;
+        // Past cache_secs, within stale_secs: the last copy, and the outage noted.
+        age(&d, Duration::from_secs(30));
+        assert_eq!(wire(&d, 7).await, Ok("127.0.0.1:2222".into()));
+        let (_, why) = d.outage().expect("outage noted");
+        assert!(why.contains("connect"), "{why}");
+        // Past cache_secs + stale_secs: refused.
+        age(&d, Duration::from_secs(63));
+        assert_eq!(
+            wire(&d, 7).await,
+            Err("Internal server error during task lookup.".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_host_holds_no_lookup_past_the_fetch_timeout() {
+        let host = Host::start().await;
+        let d = Arc::new(HttpDirectory::new(host.settings(Some(TOKEN))));
+        assert_eq!(wire(&d, 7).await, Ok("127.0.0.1:2222".into()));
+        host.hang.store(true, Ordering::SeqCst);
+        age(&d, Duration::from_secs(3));
+        // One lookup starts the refresh that hangs...
+        let refreshing = {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move { wire(&d, 7).await })
+        };
+        while host.requests() < 3 {
+            tokio::task::yield_now().await;
+        }
+        // ...the others answer from the copy at once instead of waiting on it.
+        let quick = tokio::time::timeout(Duration::from_secs(1), wire(&d, 7))
+            .await
+            .expect("a lookup waited on the slow refresh");
+        assert_eq!(quick, Ok("127.0.0.1:2222".into()));
+        // The refreshing one gives up after FETCH_TIMEOUT and serves the stale copy.
+        let started = Instant::now();
+        let slow = tokio::time::timeout(FETCH_TIMEOUT * 2, refreshing)
+            .await
+            .expect("held past its timeout")
+            .expect("join");
+        assert_eq!(slow, Ok("127.0.0.1:2222".into()));
+        assert!(started.elapsed() < FETCH_TIMEOUT + Duration::from_secs(1));
+        assert!(d.outage().expect("outage").1.contains("no answer"));
+    }
+}
