@@ -713,6 +713,57 @@ fn parse_listen(text: &str) -> Result<SocketAddr> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn database_over_http() {
+        let o = Overrides::default();
+        let s = from_str("", &o).expect("defaults");
+        assert_eq!(s.directory, DirectorySettings::Sqlite);
+        let s = from_str(
+            "[database]\ndb_file = \"/x.db\"\nkind = \"http\"\nurl = \"http://host:8000\"\n",
+            &o,
+        )
+        .expect("http");
+        let DirectorySettings::Http(http) = s.directory else {
+            panic!("not http");
+        };
+        assert_eq!(
+            (http.authority.as_str(), http.prefix.as_str(), http.token),
+            ("host:8000", "", None)
+        );
+        assert_eq!((http.cache, http.stale), (HTTP_CACHE, HTTP_STALE));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "abc123\n").expect("write");
+        let text = format!(
+            "[database]\nkind = \"http\"\nurl = \"http://[::1]/\"\napi = \"kohakuriver\"\ntoken_file = \"{}\"\ncache_secs = 5\nstale_secs = 0\n",
+            token.display()
+        );
+        let DirectorySettings::Http(http) = from_str(&text, &o).expect("1.0").directory else {
+            panic!("not http");
+        };
+        assert_eq!(
+            (http.authority.as_str(), http.prefix.as_str()),
+            ("[::1]:80", "/api")
+        );
+        assert_eq!(http.token.as_deref(), Some("abc123"));
+        assert_eq!(
+            (http.cache, http.stale),
+            (Duration::from_secs(5), Duration::ZERO)
+        );
+        for (bad, says) in [
+            ("[database]\nkind = \"http\"\n", "needs url"),
+            ("[database]\nkind = \"http\"\nurl = \"https://h:1\"\n", "plain HTTP only"),
+            ("[database]\nurl = \"http://h:1\"\n", "need kind"),
+            ("[database]\nkind = \"http\"\nurl = \"http://h:1\"\ncache_secs = 0\n", "greater than 0"),
+            ("[database]\nkind = \"postgres\"\n", "unknown variant"),
+            ("[database]\ndb_fle = \"/x\"\n", "unknown field"),
+            ("[database]\nkind = \"http\"\nurl = \"http://h:1\"\ntoken_file = \"/nonexistent/t\"\n", "token_file"),
+        ] {
+            let err = format!("{:#}", from_str(bad, &o).expect_err(bad));
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
     /// A host config as HakuRiver 0.3.0's `hakuriver.init` writes it.
     const HAKURIVER_HOST_CONFIG: &str = r#"
 [network]
