@@ -156,6 +156,73 @@ impl PyHostProxy {
     }
 }
 
+/// HakuRiver 0.3.0's own Host HTTP API (`tests/peer/host_api.py`) on `127.0.0.1:0`.
+pub struct PyHostApi {
+    _process: Process,
+    addr: SocketAddr,
+    logs: LogBuffer,
+    stdout: LogBuffer,
+}
+
+impl PyHostApi {
+    /// Starts it against `db` and waits for its `PORT <n>` line.
+    pub fn start(db: &Path) -> Result<PyHostApi> {
+        let mut cmd = Command::new(venv_python());
+        cmd.arg("-u").arg(peer_path("host_api.py")).arg(db);
+        cmd.env("HAKURIVER_CONFIG", peer_path("hakuriver-client.toml"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let process = Process::spawn("host_api.py", &mut cmd)?;
+        let stdout = LogBuffer::drain(
+            process.take_stdout().ok_or_else(|| anyhow!("no stdout"))?,
+            None,
+        );
+        let logs = LogBuffer::drain(
+            process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?,
+            None,
+        );
+        let port = stdout
+            .wait_for(PY_TIMEOUT, "PORT line of host_api.py", |text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("PORT ")?.trim().parse::<u16>().ok())
+            })
+            .map_err(|e| e.context(format!("host_api.py stderr:\n{}", logs.text())))?;
+        Ok(PyHostApi {
+            _process: process,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            logs,
+            stdout,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its log lines so far: stderr, then stdout (uvicorn's access log).
+    pub fn logs(&self) -> String {
+        format!("{}{}", self.logs.text(), self.stdout.text())
+    }
+
+    /// Waits until its access log shows `n` requests for `path` (uvicorn writes the
+    /// line after the response).
+    pub fn wait_for_requests(&self, path: &str, n: usize, timeout: Duration) -> Result<()> {
+        let needle = format!("\"GET {path} HTTP/1.1\"");
+        self.stdout
+            .wait_for(timeout, &format!("{n} requests for {path}"), |text| {
+                (text.matches(&needle).count() >= n).then_some(())
+            })
+    }
+
+    /// Requests for `path` in its access log so far.
+    pub fn requests(&self, path: &str) -> usize {
+        let needle = format!("\"GET {path} HTTP/1.1\"");
+        self.stdout.text().matches(&needle).count()
+    }
+}
+
 /// Runs HakuRiver 0.3.0's `hakuriver.ssh TASK --host IP --proxy-port PORT` against
 /// `proxy`, with an `ssh` PATH shim that uses `sshd`'s client key (the real client
 /// passes ssh no options). `input` is fed to the remote login shell on stdin. Note the

@@ -122,6 +122,7 @@ pub struct ProxyBuilder {
     db: PathBuf,
     args: Vec<OsString>,
     extra_config: String,
+    database: Option<String>,
     listeners: usize,
     env: Vec<(OsString, OsString)>,
     default_args: bool,
@@ -141,6 +142,12 @@ impl ProxyBuilder {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Replaces the generated config's `[database]` section (header included) with `toml`.
+    pub fn database_section(mut self, toml: &str) -> Self {
+        self.database = Some(toml.to_owned());
         self
     }
 
@@ -191,9 +198,14 @@ impl ProxyBuilder {
         let config_path = dir.path().join("config.toml");
         let state_dir = dir.path().join("state");
         fs::create_dir_all(&state_dir)?;
+        let mut host_config = hakuriver_host_config(&self.db);
+        if let Some(database) = &self.database {
+            let ours = format!("[database]\ndb_file = \"{}\"\n", self.db.display());
+            host_config = host_config.replace(&ours, database);
+        }
         fs::write(
             &config_path,
-            format!("{}\n{}", hakuriver_host_config(&self.db), self.extra_config),
+            format!("{host_config}\n{}", self.extra_config),
         )?;
         let mut cmd = match &self.program {
             Some(path) => scrubbed(Command::new(path)),
@@ -310,6 +322,7 @@ impl Proxy {
             db: db.to_path_buf(),
             args: Vec::new(),
             extra_config: String::new(),
+            database: None,
             listeners: 1,
             env: Vec::new(),
             default_args: true,

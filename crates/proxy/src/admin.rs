@@ -135,7 +135,7 @@ async fn respond(state: &ProxyState, request: &Request<Incoming>) -> Response<Fu
         }
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
         _ => match not_ready(state).await {
-            None => text(StatusCode::OK, "ready\n".to_owned()),
+            None => text(StatusCode::OK, ready_text(state)),
             Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
         },
     }
@@ -146,10 +146,9 @@ async fn not_ready(state: &ProxyState) -> Option<String> {
     if state.draining() {
         return Some("draining".to_owned());
     }
-    let directory = state.directory.clone();
-    match tokio::task::spawn_blocking(move || directory.count_active()).await {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => {
+    match state.directory.count_active_async().await {
+        Ok(_) => None,
+        Err(e) => {
             let mut reason = format!("database not readable: {e}");
             let mut source = std::error::Error::source(&e);
             while let Some(cause) = source {
@@ -159,7 +158,18 @@ async fn not_ready(state: &ProxyState) -> Option<String> {
             }
             Some(reason.replace(['\n', '\r'], " "))
         }
-        Err(e) => Some(format!("database check failed: {e}")),
+    }
+}
+
+/// The text of a ready `/readyz`: says so while task data is served stale.
+fn ready_text(state: &ProxyState) -> String {
+    match state.directory.http().and_then(|h| h.outage()) {
+        Some((since, why)) => format!(
+            "ready; database: serving stale task data since {}s ago ({})\n",
+            since.as_secs(),
+            why.replace(['\n', '\r'], " ")
+        ),
+        None => "ready\n".to_owned(),
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{self, Overrides, Settings};
+use crate::config::{self, DirectorySettings, Overrides, Settings};
 use crate::directory::TaskDirectory;
 use crate::listener::{self, Bound, Role};
 use crate::server::{self, Listener, ProxyState};
@@ -172,19 +172,29 @@ async fn run(
         info!(addr = %addr, transport = %listener.kind.name(), "listening");
         listeners.push(listener);
     }
-    let directory = TaskDirectory::new(&settings.db_path);
-    let first_check = {
-        let directory = directory.clone();
-        tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::directory::DbError>((directory.schema()?, directory.count_active()?))
-        })
-        .await?
+    let directory = match &settings.directory {
+        DirectorySettings::Sqlite => TaskDirectory::new(&settings.db_path),
+        DirectorySettings::Http(http) => TaskDirectory::over_http(http.clone()),
     };
-    match &first_check {
-        Ok((schema, n)) => {
-            info!(db = %settings.db_path.display(), schema = %schema, active_vps = n, "database readable")
+    if directory.http().is_some() {
+        match directory.count_active_async().await {
+            Ok(n) => info!(api = %directory.source(), active_vps = n, "Host API readable"),
+            Err(e) => warn!(error = %e, "Host API not readable yet; lookups will fail until it is"),
         }
-        Err(e) => warn!(error = %e, "database not readable yet; lookups will fail until it is"),
+    } else {
+        let first_check = {
+            let directory = directory.clone();
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, crate::directory::DbError>((directory.schema()?, directory.count_active()?))
+            })
+            .await?
+        };
+        match &first_check {
+            Ok((schema, n)) => {
+                info!(db = %settings.db_path.display(), schema = %schema, active_vps = n, "database readable")
+            }
+            Err(e) => warn!(error = %e, "database not readable yet; lookups will fail until it is"),
+        }
     }
     if let Some(cert) = &serving_cert {
         info!(fingerprint = %cert.fingerprint(), "TLS certificate loaded");
@@ -300,6 +310,13 @@ fn check(settings: &Settings) -> Result<ExitCode> {
     }
     for net in &settings.trusted_proxies {
         println!("trusted proxy: {net}");
+    }
+    if let DirectorySettings::Http(http) = &settings.directory {
+        println!(
+            "database:  http://{}{} (Host API)",
+            http.authority, http.prefix
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     println!("database:  {}", settings.db_path.display());
     let directory = TaskDirectory::new(&settings.db_path);

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hakuriver_tunnel::config::{DatabaseSection, NetworkSection, Seconds, DEFAULT_PROXY_PORT};
+use hakuriver_tunnel::config::{NetworkSection, Seconds, DEFAULT_PROXY_PORT};
 use hakuriver_tunnel::net::{HostPort, HostPortError};
 pub use hakuriver_tunnel::tls::CertSource;
 use ipnet::{IpNet, Ipv4Net};
@@ -37,6 +37,142 @@ pub const MAX_CONNECTIONS_PER_IP: usize = 256;
 /// refilled evenly): far above what people opening SSH sessions need, far below what
 /// enumerating task IDs needs.
 pub const LOOKUPS_PER_MINUTE_PER_IP: u32 = 600;
+
+/// How long a task list fetched from the Host's HTTP API is used without asking again.
+pub const HTTP_CACHE: Duration = Duration::from_secs(2);
+/// How long the last task list is still served while the Host's HTTP API is unreachable.
+pub const HTTP_STALE: Duration = Duration::from_secs(60);
+
+/// `[database]`: HakuRiver's `db_file`, plus our keys for a directory over HTTP.
+/// Misspelt keys are errors (HakuRiver's own section has `db_file` only).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseSection {
+    db_file: Option<PathBuf>,
+    kind: Option<DirectoryKind>,
+    url: Option<String>,
+    api: Option<HostApi>,
+    token_file: Option<PathBuf>,
+    cache_secs: Option<Seconds>,
+    stale_secs: Option<Seconds>,
+}
+
+/// `[database] kind`: where the task directory comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectoryKind {
+    /// The Host's SQLite file (`db_file`), read directly.
+    #[default]
+    Sqlite,
+    /// The Host's HTTP API (`url`).
+    Http,
+}
+
+/// `[database] api`: which Host serves the HTTP API, so which routes it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostApi {
+    /// HakuRiver 0.3.0 and KohakuRiver 0.4: routes at the root, no token.
+    #[default]
+    Hakuriver,
+    /// KohakuRiver 1.0: routes under `/api`, a bearer token when its auth is on.
+    Kohakuriver,
+}
+
+/// The task directory over the Host's HTTP API, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpDirectorySettings {
+    /// `host:port` of the Host's API (plain HTTP only).
+    pub authority: String,
+    /// Path prefix of the routes: empty, or `/api` for KohakuRiver 1.0 (and any path
+    /// given in `url`).
+    pub prefix: String,
+    /// The bearer token read from `token_file`, if one is set. Never logged.
+    pub token: Option<String>,
+    /// How long a fetched list is used without asking again.
+    pub cache: Duration,
+    /// How long the last list is served while the Host is unreachable.
+    pub stale: Duration,
+}
+
+/// Where the task directory comes from, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DirectorySettings {
+    /// The SQLite file at [`Settings::db_path`].
+    #[default]
+    Sqlite,
+    /// The Host's HTTP API.
+    Http(HttpDirectorySettings),
+}
+
+/// Resolves `[database] kind = "http"` and its keys.
+fn resolve_http(d: &DatabaseSection) -> Result<HttpDirectorySettings, ConfigError> {
+    let bad = |text: String| ConfigError::Database(text);
+    let url = d.url.as_deref().ok_or_else(|| {
+        bad("[database] kind = \"http\" needs url = \"http://host:8000\"".to_owned())
+    })?;
+    let Some(rest) = url.trim().strip_prefix("http://") else {
+        return Err(ConfigError::Database(format!(
+            "[database] url {url:?} must start with http:// (plain HTTP only)"
+        )));
+    };
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, format!("/{}", p.trim_end_matches('/'))),
+        None => (rest, String::new()),
+    };
+    let path = if path == "/" { String::new() } else { path };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(ConfigError::Database(format!(
+            "[database] url {url:?} needs a host (and no user)"
+        )));
+    }
+    let has_port = match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.contains(':'),
+    };
+    let authority = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let prefix = match d.api.unwrap_or_default() {
+        HostApi::Hakuriver => path,
+        HostApi::Kohakuriver => format!("{path}/api"),
+    };
+    let token = match &d.token_file {
+        None => None,
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                bad(format!(
+                    "cannot read [database] token_file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            let token = text.trim().to_owned();
+            if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(ConfigError::Database(format!(
+                    "[database] token_file {} must hold one token on one line",
+                    file.display()
+                )));
+            }
+            Some(token)
+        }
+    };
+    let positive = |name: &str, value: Option<Seconds>, default: Duration| {
+        let value = value.map_or(default, |s| s.0);
+        if value.is_zero() {
+            return Err(bad(format!("[database] {name} must be greater than 0")));
+        }
+        Ok(value)
+    };
+    Ok(HttpDirectorySettings {
+        authority,
+        prefix,
+        token,
+        cache: positive("cache_secs", d.cache_secs, HTTP_CACHE)?,
+        stale: d.stale_secs.map_or(HTTP_STALE, |s| s.0),
+    })
+}
 
 /// The whole file: HakuRiver's sections we read, ours, and nothing else checked.
 #[derive(Debug, Default, Deserialize)]
@@ -302,6 +438,9 @@ pub enum ConfigError {
     /// An `allowed_clients` entry is not a network.
     #[error(transparent)]
     AllowedClients(#[from] CidrError),
+    /// `[database]` keys that do not fit together, or a token file that cannot be read.
+    #[error("{0}")]
+    Database(String),
     /// A `trusted_proxies` entry is not a network.
     #[error("trusted_proxies: {0:?} is not an IP address or network")]
     TrustedProxies(String),
@@ -384,6 +523,8 @@ pub struct Settings {
     pub listeners: Vec<ListenSpec>,
     /// HakuRiver's SQLite database.
     pub db_path: PathBuf,
+    /// Where the task directory comes from: that file, or the Host's HTTP API.
+    pub directory: DirectorySettings,
     /// Per-connection timeouts.
     pub timeouts: Timeouts,
     /// Drain period after SIGTERM.
@@ -599,9 +740,21 @@ fn resolve(
         _ => return Err(ConfigError::CertWithoutKey),
     };
 
+    let directory = match database.kind.unwrap_or_default() {
+        DirectoryKind::Sqlite => {
+            if database.url.is_some() || database.token_file.is_some() || database.api.is_some() {
+                return Err(ConfigError::Database(
+                    "[database] url, api and token_file need kind = \"http\"".to_owned(),
+                ));
+            }
+            DirectorySettings::Sqlite
+        }
+        DirectoryKind::Http => DirectorySettings::Http(resolve_http(&database)?),
+    };
     Ok(Settings {
         config_path,
         listeners,
+        directory,
         db_path: o
             .db
             .clone()
@@ -671,6 +824,57 @@ fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_over_http() {
+        let o = Overrides::default();
+        let s = from_str("", &o).expect("defaults");
+        assert_eq!(s.directory, DirectorySettings::Sqlite);
+        let s = from_str(
+            "[database]\ndb_file = \"/x.db\"\nkind = \"http\"\nurl = \"http://host:8000\"\n",
+            &o,
+        )
+        .expect("http");
+        let DirectorySettings::Http(http) = s.directory else {
+            panic!("not http");
+        };
+        assert_eq!(
+            (http.authority.as_str(), http.prefix.as_str(), http.token),
+            ("host:8000", "", None)
+        );
+        assert_eq!((http.cache, http.stale), (HTTP_CACHE, HTTP_STALE));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "abc123\n").expect("write");
+        let text = format!(
+            "[database]\nkind = \"http\"\nurl = \"http://[::1]/\"\napi = \"kohakuriver\"\ntoken_file = \"{}\"\ncache_secs = 5\nstale_secs = 0\n",
+            token.display()
+        );
+        let DirectorySettings::Http(http) = from_str(&text, &o).expect("1.0").directory else {
+            panic!("not http");
+        };
+        assert_eq!(
+            (http.authority.as_str(), http.prefix.as_str()),
+            ("[::1]:80", "/api")
+        );
+        assert_eq!(http.token.as_deref(), Some("abc123"));
+        assert_eq!(
+            (http.cache, http.stale),
+            (Duration::from_secs(5), Duration::ZERO)
+        );
+        for (bad, says) in [
+            ("[database]\nkind = \"http\"\n", "needs url"),
+            ("[database]\nkind = \"http\"\nurl = \"https://h:1\"\n", "plain HTTP only"),
+            ("[database]\nurl = \"http://h:1\"\n", "need kind"),
+            ("[database]\nkind = \"http\"\nurl = \"http://h:1\"\ncache_secs = 0\n", "greater than 0"),
+            ("[database]\nkind = \"postgres\"\n", "unknown variant"),
+            ("[database]\ndb_fle = \"/x\"\n", "unknown field"),
+            ("[database]\nkind = \"http\"\nurl = \"http://h:1\"\ntoken_file = \"/nonexistent/t\"\n", "token_file"),
+        ] {
+            let err = format!("{:#}", from_str(bad, &o).expect_err(bad));
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
 
     /// A host config as HakuRiver 0.3.0's `hakuriver.init` writes it.
     const HAKURIVER_HOST_CONFIG: &str = r#"

@@ -22,6 +22,7 @@ use hakuriver_tunnel::TaskId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 mod access;
+pub mod http;
 
 pub use access::{Role, TaskSummary, User};
 
@@ -132,6 +133,9 @@ pub enum DbError {
         /// What was found instead.
         reason: String,
     },
+    /// The Host's HTTP API gave no usable answer and the last one is too old.
+    #[error("{0}")]
+    Http(String),
     /// Stat of the file failed for another reason (permissions).
     #[error("database {path}: {source}")]
     Io {
@@ -213,6 +217,8 @@ pub enum Denied {
 #[derive(Debug, Clone)]
 pub struct TaskDirectory {
     inner: Arc<Inner>,
+    /// `Some`: the directory is the Host's HTTP API, not the file.
+    http: Option<Arc<http::HttpDirectory>>,
 }
 
 #[derive(Debug)]
@@ -249,7 +255,41 @@ impl TaskDirectory {
                 idle: Mutex::new(Vec::new()),
                 schema: Mutex::new(None),
             }),
+            http: None,
         }
+    }
+
+    /// A directory over the Host's HTTP API ([`http`]): lookups by task ID only; auth
+    /// mode, names and lists need the SQLite database.
+    pub fn over_http(settings: crate::config::HttpDirectorySettings) -> Self {
+        TaskDirectory {
+            http: Some(Arc::new(http::HttpDirectory::new(settings))),
+            ..TaskDirectory::new(PathBuf::new())
+        }
+    }
+
+    /// The HTTP directory, when this is one.
+    pub fn http(&self) -> Option<&http::HttpDirectory> {
+        self.http.as_deref()
+    }
+
+    /// Where the directory reads from, for logs: the file or the API's base URL.
+    pub fn source(&self) -> String {
+        match &self.http {
+            Some(h) => h.base(),
+            None => self.inner.path.display().to_string(),
+        }
+    }
+
+    /// Number of active VPS tasks, from async code (either backend).
+    pub async fn count_active_async(&self) -> Result<u64, DbError> {
+        if let Some(h) = &self.http {
+            return h.count_active().await;
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.count_active())
+            .await
+            .unwrap_or_else(|e| Err(DbError::Http(format!("database check failed: {e}"))))
     }
 
     /// The database path.
@@ -281,6 +321,9 @@ impl TaskDirectory {
     /// connection, the lookup goes to tokio's blocking pool, where it may wait up to
     /// [`BUSY_TIMEOUT`] without stalling other connections.
     pub async fn lookup_async(&self, id: TaskId) -> Result<Route, Denied> {
+        if let Some(h) = &self.http {
+            return h.lookup(id).await;
+        }
         if let Some(result) = self.try_lookup_now(id) {
             return result;
         }

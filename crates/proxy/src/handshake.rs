@@ -57,14 +57,16 @@ where
         let request = read_request(&mut client, state.timeouts.request).await?;
         target = request.target();
         let deciding = Instant::now();
-        let answer = access::decide(
+        // Boxed: the decision's state (token, name and list lookups) would otherwise sit
+        // inline in every connection's setup future.
+        let answer = Box::pin(access::decide(
             &state.directory,
             state.access,
             &request,
             access::Client { ip: peer.ip(), tls },
             &mut user,
             |ip| state.admission.take_lookup(ip),
-        )
+        ))
         .await;
         // The directory's part of the decision: task, token, name or list lookups.
         state.stats.metrics.lookup_took(deciding.elapsed());

@@ -14,6 +14,10 @@ use hakuriver_tunnel::TaskId;
 use rusqlite::{Connection, OptionalExtension};
 use sha3::{Digest, Sha3_512};
 
+/// Why auth mode fails over the HTTP directory (the log's text).
+const HTTP_NO_AUTH: &str =
+    "auth mode needs the SQLite database ([database] kind = \"sqlite\"): the Host API does not give users and tokens";
+
 use super::{evaluate, query_task, DbError, Denied, Route, Row, SchemaKind, TaskDirectory};
 
 /// Statuses in which a VPS is listed and found by name (not yet ended), as SQL.
@@ -241,6 +245,9 @@ impl TaskDirectory {
     /// [`TaskDirectory::authenticate_blocking`] on tokio's blocking pool. The token is
     /// hashed here and never logged nor put in an error.
     pub async fn authenticate(&self, token: &str) -> Result<User, Denied> {
+        if self.http.is_some() {
+            return Err(Denied::Internal(HTTP_NO_AUTH.to_owned()));
+        }
         let this = self.clone();
         let token = token.to_owned();
         match tokio::task::spawn_blocking(move || this.authenticate_blocking(&token)).await {
@@ -338,6 +345,9 @@ impl TaskDirectory {
         if let (None, TaskRef::Id(id)) = (who, target) {
             return self.lookup_async(*id).await;
         }
+        if self.http.is_some() {
+            return Err(Denied::Internal(HTTP_NO_AUTH.to_owned()));
+        }
         let this = self.clone();
         let who = who.cloned();
         let target = target.clone();
@@ -379,6 +389,9 @@ impl TaskDirectory {
 
     /// [`TaskDirectory::list_for_blocking`] on tokio's blocking pool.
     pub async fn list_for(&self, who: Option<&User>) -> Result<Vec<TaskSummary>, Denied> {
+        if self.http.is_some() {
+            return Err(Denied::Internal(HTTP_NO_AUTH.to_owned()));
+        }
         let this = self.clone();
         let who = who.cloned();
         match tokio::task::spawn_blocking(move || this.list_for_blocking(who.as_ref())).await {
