@@ -3,6 +3,8 @@
 //! models wrote) and routes and refuses as over the SQLite file, but for the documented
 //! differences (`/vps/status` lists only active VPS tasks).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::time::Duration;
 
