@@ -3,6 +3,8 @@
 //! models wrote) and routes and refuses as over the SQLite file, but for the documented
 //! differences (`/vps/status` lists only active VPS tasks).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -71,4 +73,96 @@ fn tunnels_and_refusals_through_hakurivers_own_host_api() {
     // All of it from one fetch: cache_secs is far from over.
     let fetches = (api.requests("/vps/status"), api.requests("/nodes"));
     assert_eq!(fetches, (1, 1), "Host API log:\n{}", api.logs());
+}
+
+/// `GET path` on the admin listener: (status code, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// Asks `/readyz` until `done` holds for its answer (the cache and stale periods are
+/// seconds of wall time), for at most 30 s.
+fn readyz_until(addr: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(addr, "/readyz");
+        if done(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed {status} {body:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn readyz_says_stale_while_the_host_api_is_down_then_503() {
+    let db = HakuDb::create(&fixtures::routing_db(1, 2)).unwrap();
+    let api = PyHostApi::start(db.path()).unwrap();
+    let proxy = Proxy::builder(std::path::Path::new("/nonexistent/hakuriver.db"))
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .database_section(&format!(
+            "[database]\nkind = \"http\"\nurl = \"http://{}\"\ncache_secs = 1\nstale_secs = 2\n",
+            api.addr()
+        ))
+        .start()
+        .unwrap();
+    proxy
+        .wait_for_log("Host API readable", Duration::from_secs(30))
+        .unwrap();
+    proxy
+        .wait_for_log("admin listening", Duration::from_secs(30))
+        .unwrap();
+    let logs = proxy.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("admin listening"))
+        .unwrap();
+    let admin = line[line.find("addr=").unwrap() + 5..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get(&admin, "/readyz"), (200, "ready\n".to_owned()));
+    drop(api);
+    let (_, body) = readyz_until(&admin, |status, body| {
+        status == 200 && body.contains("serving stale")
+    });
+    assert!(
+        body.starts_with("ready; database: serving stale task data since "),
+        "{body}"
+    );
+    proxy
+        .wait_for_log("Host API unreachable", Duration::from_secs(30))
+        .unwrap();
+    let (_, body) = readyz_until(&admin, |status, _| status == 503);
+    assert!(
+        body.starts_with("database not readable: Host API http://"),
+        "{body}"
+    );
+    // Lookups are refused now, as a database error.
+    let mut stream = connect(proxy.addr()).unwrap();
+    stream
+        .write_all(format!("REQUEST_TUNNEL {TASK_OK}\n").as_bytes())
+        .unwrap();
+    assert_eq!(
+        read_line(&mut stream).unwrap(),
+        b"ERROR Internal server error during task lookup.\n"
+    );
+    assert_eq!(proxy.logs().matches("Host API unreachable").count(), 1);
 }

@@ -749,7 +749,12 @@ fn resolve(
             }
             DirectorySettings::Sqlite
         }
-        DirectoryKind::Http => DirectorySettings::Http(resolve_http(&database)?),
+        DirectoryKind::Http => {
+            if p.auth.mode == Some(AuthMode::Kohakuriver) {
+                bail!("[ssh_proxy.auth] mode = \"kohakuriver\" needs [database] kind = \"sqlite\": the Host API gives no users or tokens");
+            }
+            DirectorySettings::Http(resolve_http(&database)?)
+        }
     };
     Ok(Settings {
         config_path,
@@ -868,6 +873,7 @@ mod tests {
             ("[database]\nurl = \"http://h:1\"\n", "need kind"),
             ("[database]\nkind = \"http\"\nurl = \"http://h:1\"\ncache_secs = 0\n", "greater than 0"),
             ("[database]\nkind = \"postgres\"\n", "unknown variant"),
+            ("[database]\nkind = \"http\"\nurl = \"http://h:1\"\n[ssh_proxy.auth]\nmode = \"kohakuriver\"\n", "needs [database] kind = \"sqlite\""),
             ("[database]\ndb_fle = \"/x\"\n", "unknown field"),
             ("[database]\nkind = \"http\"\nurl = \"http://h:1\"\ntoken_file = \"/nonexistent/t\"\n", "token_file"),
         ] {

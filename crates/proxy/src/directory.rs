@@ -322,7 +322,9 @@ impl TaskDirectory {
     /// [`BUSY_TIMEOUT`] without stalling other connections.
     pub async fn lookup_async(&self, id: TaskId) -> Result<Route, Denied> {
         if let Some(h) = &self.http {
-            return h.lookup(id).await;
+            // Boxed: the HTTP lookup's state must not grow every connection's task
+            // (the SQLite path's future stays as small as before).
+            return Box::pin(h.lookup(id)).await;
         }
         if let Some(result) = self.try_lookup_now(id) {
             return result;

@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use super::{evaluate, DbError, Denied, Route, Row};
+use super::{evaluate, DbError, Denied, Route, Row, TaskSummary};
 use crate::config::HttpDirectorySettings;
 
 /// Time one refresh (both requests) may take.
@@ -178,6 +178,26 @@ impl HttpDirectory {
             )
         });
         evaluate(id, row)
+    }
+
+    /// The VPS tasks the Host lists (pending, assigning, running, paused), by task ID;
+    /// no names (the API's 0.3.0 lists have none).
+    pub async fn list(&self) -> Result<Vec<TaskSummary>, Denied> {
+        let snapshot = self.snapshot().await.map_err(Denied::Database)?;
+        let mut tasks: Vec<TaskSummary> = snapshot
+            .tasks
+            .iter()
+            .filter_map(|(id, t)| {
+                Some(TaskSummary {
+                    task_id: TaskId::try_from(*id).ok()?,
+                    name: None,
+                    status: t.status.clone().unwrap_or_default(),
+                    node: t.node.clone(),
+                })
+            })
+            .collect();
+        tasks.sort_by_key(|t| t.task_id.get());
+        Ok(tasks)
     }
 
     /// Number of active (running or paused) VPS tasks in the copy served now.
@@ -451,6 +471,23 @@ mod tests {
         // One fetch (both routes) for all of them, within cache_secs.
         assert_eq!(host.requests(), 2);
         assert_eq!(d.count_active().await.expect("count"), 3);
+        let listed: Vec<_> = d
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|t| (t.task_id.get(), t.status))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (7, "running"),
+                (8, "running"),
+                (9, "running"),
+                (10, "pending")
+            ]
+            .map(|(i, s)| (i, s.to_owned()))
+        );
         age(&d, Duration::from_secs(3));
         assert_eq!(wire(&d, 7).await, Ok("127.0.0.1:2222".into()));
         assert_eq!(host.requests(), 4);
