@@ -93,21 +93,19 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
-/// Asks `/readyz` until `done` holds for its answer (the cache and stale periods are
-/// seconds of wall time), for at most 30 s.
+/// Asks `/readyz` until `done` holds for its answer, for at most 30 s: the cache and stale
+/// periods are wall time, so the state changes with the clock, not with an event the
+/// test could wait on.
 fn readyz_until(addr: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    hakuriver_ssh_tests::robust::wait_until(Duration::from_secs(30), "/readyz", || {
         let (status, body) = get(addr, "/readyz");
-        if done(status, &body) {
-            return (status, body);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/readyz stayed {status} {body:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        Ok(if done(status, &body) {
+            Ok((status, body))
+        } else {
+            Err((status, body))
+        })
+    })
+    .unwrap()
 }
 
 #[test]

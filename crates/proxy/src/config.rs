@@ -751,7 +751,7 @@ fn resolve(
         }
         DirectoryKind::Http => {
             if p.auth.mode == Some(AuthMode::Kohakuriver) {
-                bail!("[ssh_proxy.auth] mode = \"kohakuriver\" needs [database] kind = \"sqlite\": the Host API gives no users or tokens");
+                return Err(ConfigError::Database("[ssh_proxy.auth] mode = \"kohakuriver\" needs [database] kind = \"sqlite\": the Host API gives no users or tokens".to_owned()));
             }
             DirectorySettings::Http(resolve_http(&database)?)
         }
