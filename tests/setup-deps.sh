@@ -24,6 +24,7 @@ declare -A PACKAGES=(
     [python3-venv]=/usr/share/doc/python3-venv
     [procps]=/usr/bin/pgrep
     [iproute2]=/usr/bin/ss
+    [haproxy]=/usr/sbin/haproxy
     [systemd]=/usr/bin/systemd-socket-activate
     [nix-bin]=/usr/bin/nix-instantiate
     [util-linux]=/usr/bin/unshare
