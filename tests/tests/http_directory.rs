@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hakuriver_ssh_tests::fixtures::{self, TASK_COMPLETED, TASK_NOT_VPS, TASK_OK};
 use hakuriver_ssh_tests::haku::{HakuDb, PyHostApi};
+use hakuriver_ssh_tests::net::http_get;
 use hakuriver_ssh_tests::net::{connect, read_line, RefusedPort};
 use hakuriver_ssh_tests::proxy::Proxy;
 use hakuriver_ssh_tests::sshd::Sshd;
@@ -75,30 +76,12 @@ fn tunnels_and_refusals_through_hakurivers_own_host_api() {
     assert_eq!(fetches, (1, 1), "Host API log:\n{}", api.logs());
 }
 
-/// `GET path` on the admin listener: (status code, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
 /// Asks `/readyz` until `done` holds for its answer, for at most 30 s: the cache and stale
 /// periods are wall time, so the state changes with the clock, not with an event the
 /// test could wait on.
 fn readyz_until(addr: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
     hakuriver_ssh_tests::robust::wait_until(Duration::from_secs(30), "/readyz", || {
-        let (status, body) = get(addr, "/readyz");
+        let (status, body) = http_get(addr, "/readyz").unwrap();
         Ok(if done(status, &body) {
             Ok((status, body))
         } else {
@@ -136,7 +119,10 @@ fn readyz_says_stale_while_the_host_api_is_down_then_503() {
         .next()
         .unwrap()
         .to_owned();
-    assert_eq!(get(&admin, "/readyz"), (200, "ready\n".to_owned()));
+    assert_eq!(
+        http_get(&admin, "/readyz").unwrap(),
+        (200, "ready\n".to_owned())
+    );
     drop(api);
     let (_, body) = readyz_until(&admin, |status, body| {
         status == 200 && body.contains("serving stale")

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use hakuriver_ssh_tests::fixtures::{self, TASK_OK};
 use hakuriver_ssh_tests::haku::{HakuDb, PyHostApi};
+use hakuriver_ssh_tests::net::http_get;
 use hakuriver_ssh_tests::net::{read_line, RefusedPort, IO_TIMEOUT};
 use hakuriver_ssh_tests::process::{LogBuffer, Process};
 use hakuriver_ssh_tests::proxy::Proxy;
@@ -88,22 +89,6 @@ impl Replica {
         let needle = format!("peer={ip}:");
         self.opened().iter().filter(|l| l.contains(&needle)).count()
     }
-}
-
-/// `GET path` over plain HTTP: (status code, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
 }
 
 /// HAProxy in the foreground with a stats socket to read server states from.
@@ -355,7 +340,7 @@ fn haproxy_with_proxy_v2_in_front_of_replicas_over_the_host_api() {
     b.proxy
         .wait_for_log("draining open connections", WAIT)
         .unwrap();
-    let (status, body) = get(&b.admin, "/readyz");
+    let (status, body) = http_get(&b.admin, "/readyz").unwrap();
     eprintln!("replica b /readyz while draining: {status} {body:?}");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("draining"), "{body}");
@@ -390,7 +375,7 @@ fn haproxy_with_proxy_v2_in_front_of_replicas_over_the_host_api() {
     assert!(c.opened().iter().any(|l| l.contains("peer=127.0.0.1:")));
 
     drop(held);
-    let (status, metrics) = get(&c.admin, "/metrics");
+    let (status, metrics) = http_get(&c.admin, "/metrics").unwrap();
     assert_eq!(status, 200);
     eprintln!("replica c /metrics after the run:\n{metrics}");
     for r in replicas {
