@@ -2,7 +2,7 @@
 //! ProxyCommand, `/proc` observables of a process, and polling them with a deadline.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,23 @@ pub fn wait_until<T, V: std::fmt::Debug>(
         }
         std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Writes `dir/ssh-shim`, an `ssh_program` that appends its pid to `dir/ssh-ran`
+/// before exec'ing `/usr/bin/ssh`: a failure test reads that file to prove ssh never
+/// started. Returns the shim's path.
+pub fn recording_ssh_shim(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let shim = dir.join("ssh-shim");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\necho $$ >> '{}'\nexec /usr/bin/ssh \"$@\"\n",
+            dir.join("ssh-ran").display()
+        ),
+    )?;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755))?;
+    Ok(shim)
 }
 
 /// TCP sockets of `pid` that are not listening (tunnel legs, half-open clients), found

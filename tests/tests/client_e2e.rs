@@ -66,16 +66,8 @@ impl World {
             proxy,
             home,
         };
-        let shim = w.path("ssh-shim");
-        fs::write(
-            &shim,
-            format!(
-                "#!/bin/sh\necho $$ >> '{}'\nexec /usr/bin/ssh \"$@\"\n",
-                w.path("ssh-ran").display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+        // write_config names this shim as ssh_program.
+        hakuriver_ssh_tests::robust::recording_ssh_shim(w.home.path()).unwrap();
         w.write_config(w.proxy.listeners()[0].0.port(), "");
         w
     }

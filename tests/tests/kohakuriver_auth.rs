@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -60,16 +59,7 @@ impl World {
             home,
             fingerprint,
         };
-        let shim = w.path("ssh-shim");
-        fs::write(
-            &shim,
-            format!(
-                "#!/bin/sh\necho $$ >> '{}'\nexec /usr/bin/ssh \"$@\"\n",
-                w.path("ssh-ran").display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+        let shim = hakuriver_ssh_tests::robust::recording_ssh_shim(w.home.path()).unwrap();
         fs::write(
             w.path("config.toml"),
             format!(
