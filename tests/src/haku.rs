@@ -103,6 +103,47 @@ impl HakuDb {
     }
 }
 
+/// A Python peer script from `tests/peer/` run by the venv's python against `db`,
+/// once it printed `PORT <n>` (it listens on `127.0.0.1:<n>`).
+struct PyPeer {
+    process: Process,
+    addr: SocketAddr,
+    stdout: LogBuffer,
+    stderr: LogBuffer,
+}
+
+impl PyPeer {
+    fn start(script: &str, db: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Result<PyPeer> {
+        let mut cmd = Command::new(venv_python());
+        cmd.arg("-u").arg(peer_path(script)).arg(db);
+        cmd.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let process = Process::spawn(script, &mut cmd)?;
+        let stdout = LogBuffer::drain(
+            process.take_stdout().ok_or_else(|| anyhow!("no stdout"))?,
+            None,
+        );
+        let stderr = LogBuffer::drain(
+            process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?,
+            None,
+        );
+        let port = stdout
+            .wait_for(PY_TIMEOUT, &format!("PORT line of {script}"), |text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("PORT ")?.trim().parse::<u16>().ok())
+            })
+            .map_err(|e| e.context(format!("{script} stderr:\n{}", stderr.text())))?;
+        Ok(PyPeer {
+            process,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            stdout,
+            stderr,
+        })
+    }
+}
+
 /// HakuRiver 0.3.0's own host proxy (`tests/peer/host_proxy.py`) on `127.0.0.1:0`.
 pub struct PyHostProxy {
     process: Process,
@@ -113,30 +154,11 @@ pub struct PyHostProxy {
 impl PyHostProxy {
     /// Starts it against `db` and waits for its `PORT <n>` line.
     pub fn start(db: &Path) -> Result<PyHostProxy> {
-        let mut cmd = Command::new(venv_python());
-        cmd.arg("-u").arg(peer_path("host_proxy.py")).arg(db);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let process = Process::spawn("host_proxy.py", &mut cmd)?;
-        let stdout = LogBuffer::drain(
-            process.take_stdout().ok_or_else(|| anyhow!("no stdout"))?,
-            None,
-        );
-        let logs = LogBuffer::drain(
-            process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?,
-            None,
-        );
-        let port = stdout
-            .wait_for(PY_TIMEOUT, "PORT line of host_proxy.py", |text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("PORT ")?.trim().parse::<u16>().ok())
-            })
-            .map_err(|e| e.context(format!("host_proxy.py stderr:\n{}", logs.text())))?;
+        let peer = PyPeer::start("host_proxy.py", db, &[])?;
         Ok(PyHostProxy {
-            process,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            logs,
+            process: peer.process,
+            addr: peer.addr,
+            logs: peer.stderr,
         })
     }
 
@@ -167,32 +189,17 @@ pub struct PyHostApi {
 impl PyHostApi {
     /// Starts it against `db` and waits for its `PORT <n>` line.
     pub fn start(db: &Path) -> Result<PyHostApi> {
-        let mut cmd = Command::new(venv_python());
-        cmd.arg("-u").arg(peer_path("host_api.py")).arg(db);
-        cmd.env("HAKURIVER_CONFIG", peer_path("hakuriver-client.toml"));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let process = Process::spawn("host_api.py", &mut cmd)?;
-        let stdout = LogBuffer::drain(
-            process.take_stdout().ok_or_else(|| anyhow!("no stdout"))?,
-            None,
-        );
-        let logs = LogBuffer::drain(
-            process.take_stderr().ok_or_else(|| anyhow!("no stderr"))?,
-            None,
-        );
-        let port = stdout
-            .wait_for(PY_TIMEOUT, "PORT line of host_api.py", |text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("PORT ")?.trim().parse::<u16>().ok())
-            })
-            .map_err(|e| e.context(format!("host_api.py stderr:\n{}", logs.text())))?;
+        let config = peer_path("hakuriver-client.toml");
+        let peer = PyPeer::start(
+            "host_api.py",
+            db,
+            &[("HAKURIVER_CONFIG", config.as_os_str())],
+        )?;
         Ok(PyHostApi {
-            _process: process,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            logs,
-            stdout,
+            _process: peer.process,
+            addr: peer.addr,
+            logs: peer.stderr,
+            stdout: peer.stdout,
         })
     }
 
