@@ -358,6 +358,18 @@ impl Proxy {
         &self.listeners
     }
 
+    /// The admin listener's address, once the log says it listens (`--admin-listen`).
+    pub fn admin_addr(&self, timeout: Duration) -> Result<String> {
+        self.wait_for_log("admin listening", timeout)?;
+        let logs = self.logs();
+        logs.lines()
+            .find(|l| l.contains("admin listening"))
+            .and_then(|l| l.split_once("addr="))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no admin address in the log:\n{logs}"))
+    }
+
     /// Its stderr so far (ANSI escapes removed).
     pub fn logs(&self) -> String {
         strip_ansi(&self.logs.text())

@@ -106,19 +106,7 @@ fn readyz_says_stale_while_the_host_api_is_down_then_503() {
     proxy
         .wait_for_log("Host API readable", Duration::from_secs(30))
         .unwrap();
-    proxy
-        .wait_for_log("admin listening", Duration::from_secs(30))
-        .unwrap();
-    let logs = proxy.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("admin listening"))
-        .unwrap();
-    let admin = line[line.find("addr=").unwrap() + 5..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let admin = proxy.admin_addr(Duration::from_secs(30)).unwrap();
     assert_eq!(
         http_get(&admin, "/readyz").unwrap(),
         (200, "ready\n".to_owned())

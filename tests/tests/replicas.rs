@@ -61,17 +61,7 @@ impl Replica {
             .start()
             .unwrap();
         proxy.wait_for_log("Host API readable", WAIT).unwrap();
-        proxy.wait_for_log("admin listening", WAIT).unwrap();
-        let logs = proxy.logs();
-        let line = logs
-            .lines()
-            .find(|l| l.contains("admin listening"))
-            .unwrap();
-        let admin = line[line.find("addr=").unwrap() + 5..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned();
+        let admin = proxy.admin_addr(WAIT).unwrap();
         Replica { name, proxy, admin }
     }
 
