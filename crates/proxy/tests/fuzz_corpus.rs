@@ -10,11 +10,13 @@ mod config_checks;
 mod proxy_header_checks;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-#[test]
-fn config_parser_corpus() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config_parser");
+/// The committed corpus of fuzz target `target`, sorted; at least 10 inputs.
+fn corpus_files(target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut files: Vec<_> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e} (the corpus is committed)", dir.display()))
         .map(|entry| entry.unwrap().path())
@@ -27,6 +29,12 @@ fn config_parser_corpus() {
         dir.display(),
         files.len()
     );
+    files
+}
+
+#[test]
+fn config_parser_corpus() {
+    let files = corpus_files("config_parser");
     for path in files {
         let data = fs::read(&path).unwrap();
         let outcome = std::panic::catch_unwind(|| config_checks::check_config(&data));
@@ -52,19 +60,7 @@ fn names_that_would_need_dns_are_recognised() {
 
 #[test]
 fn proxy_header_corpus() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/proxy_header");
-    let mut files: Vec<_> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (the corpus is committed)", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 10,
-        "{} holds only {} inputs",
-        dir.display(),
-        files.len()
-    );
+    let files = corpus_files("proxy_header");
     let mut complete = 0;
     for path in files {
         let data = fs::read(&path).unwrap();
