@@ -35,6 +35,8 @@ pub fn check_extended(data: &[u8]) {
                 assert!(!name.chars().any(char::is_control), "control in a name");
             }
         }
+        // RESUME lines have their own target (resume_checks).
+        Ok(AnyRequest::Resume(_)) => assert!(data.starts_with(b"HAKURIVER_SSH/1 RESUME ")),
         // Anything not extended is HakuRiver's line, parsed exactly as before.
         Ok(AnyRequest::Classic(request)) => assert_eq!(parse_request(data), Ok(request)),
         Err(e) => {

@@ -54,6 +54,8 @@ pub struct SshClientSection {
     pub connect_timeout_secs: Option<Seconds>,
     /// Limit for the proxy's reply.
     pub response_timeout_secs: Option<Seconds>,
+    /// Ask for resumable tunnels (default true).
+    pub resume: Option<bool>,
     /// `[ssh_client.tls]`.
     #[serde(default)]
     pub tls: TlsSection,
@@ -131,6 +133,11 @@ pub struct Overrides {
     /// Log in as this user inside the VPS [default: root, or ssh_client.user]
     #[arg(long, value_name = "USER", global = true)]
     pub user: Option<String>,
+
+    /// Do not ask for a resumable tunnel (one that survives a dropped connection to the
+    /// Host) [default: ssh_client.resume, else ask]
+    #[arg(long, global = true)]
+    pub no_resume: bool,
 }
 
 impl Overrides {
@@ -175,6 +182,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Reply limit.
     pub response_timeout: Duration,
+    /// Ask for resumable tunnels.
+    pub resume: bool,
     /// TLS, when enabled.
     pub tls: TlsSettings,
 }
@@ -278,6 +287,7 @@ fn merge(
         response_timeout: client
             .response_timeout_secs
             .map_or(RESPONSE_TIMEOUT, |s| s.0),
+        resume: !overrides.no_resume && client.resume.unwrap_or(true),
         tls: TlsSettings {
             enable: overrides.tls_enable().or(tls_file.enable).unwrap_or(false),
             ca_file: overrides

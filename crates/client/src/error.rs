@@ -121,6 +121,28 @@ pub enum ClientError {
     /// `list --json` could not encode the list.
     #[error("cannot print the list: {0}")]
     ListJson(serde_json::Error),
+    /// A resumable tunnel's connection to the Host dropped and no resume succeeded
+    /// within the Host's grace period.
+    #[error("lost the connection to the HakuRiver proxy at {addr} and could not resume the session within its {grace_secs}s grace period ({last}); the session is gone")]
+    ResumeExpired {
+        /// `host:port`.
+        addr: String,
+        /// The Host's grace period.
+        grace_secs: u64,
+        /// The last attempt's failure.
+        last: String,
+    },
+    /// The Host refused to resume the tunnel (its text).
+    #[error("lost the connection to the HakuRiver proxy at {addr}; it refused to resume the session: {message}")]
+    ResumeRefused {
+        /// `host:port`.
+        addr: String,
+        /// The proxy's refusal, made safe to print.
+        message: String,
+    },
+    /// The Host ended a resumable tunnel (the VPS side failed, or a protocol error).
+    #[error("the HakuRiver proxy ended the tunnel: {0}")]
+    TunnelAborted(String),
     /// A relay in `--stdio` mode ended with an error.
     #[error("tunnel to task {task} failed: {source}")]
     Relay {

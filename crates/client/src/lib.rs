@@ -17,6 +17,7 @@
 //! - [`display`]: text from the network made safe to print (escapes shown, long cut).
 //! - [`session`]: the interactive mode: local listener, `ssh`, relays, exit status.
 //! - [`stdio`]: the ProxyCommand mode (`--stdio`).
+//! - [`resumable`]: a resumable tunnel's reconnect-and-resume loop (both modes).
 //! - [`ssh_config`]: the `~/.ssh/config` block `ssh-config` prints.
 //! - [`list`]: the `list` command: the VPS tasks the proxy says you may reach.
 //! - [`error`]: every failure with the one line the user sees.
@@ -31,6 +32,7 @@ pub mod dial;
 pub mod display;
 pub mod error;
 pub mod list;
+pub mod resumable;
 pub mod session;
 pub mod ssh_config;
 pub mod stdio;
@@ -208,6 +210,7 @@ pub(crate) fn connector(
         connect_timeout: settings.connect_timeout,
         response_timeout: settings.response_timeout,
         token,
+        resume: settings.resume,
     };
     Ok((settings, connector))
 }

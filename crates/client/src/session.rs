@@ -19,7 +19,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinSet;
 
 use crate::error::ClientError;
-use crate::tunnel::{Connector, Tunnel};
+use crate::tunnel::{Connector, Opened};
 
 /// How long relays may still flush after ssh exited (ssh is gone, so this only lets a
 /// closing handshake reach the VPS; it never delays a working session).
@@ -79,7 +79,7 @@ pub fn host_alias(task: &TaskRef) -> String {
 
 /// Opens the tunnel, runs ssh through it and returns the exit status to report.
 pub async fn run(connector: Connector, task: TaskRef, ssh: SshCommand) -> Result<u8, ClientError> {
-    let first = connector.open(&task).await?;
+    let first = connector.open_any(&task).await?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, ssh.local_port))
         .await
         .map_err(|source| ClientError::LocalListen {
@@ -154,20 +154,30 @@ pub async fn run(connector: Connector, task: TaskRef, ssh: SshCommand) -> Result
 /// Relays one local connection: through the tunnel opened up front, or a new one.
 async fn serve_local(
     mut local: TcpStream,
-    tunnel: Option<Tunnel>,
+    tunnel: Option<Opened>,
     connector: Arc<Connector>,
     task: TaskRef,
 ) {
     let _ = local.set_nodelay(true);
-    let mut tunnel = match tunnel {
+    let opened = match tunnel {
         Some(tunnel) => tunnel,
-        None => match connector.open(&task).await {
+        None => match connector.open_any(&task).await {
             Ok(tunnel) => tunnel,
             Err(e) => {
                 tracing::warn!("{}", e.user_line("hakuriver-ssh"));
                 return;
             }
         },
+    };
+    let mut tunnel = match opened {
+        Opened::Plain(tunnel) => tunnel,
+        // The local connection (and ssh) stay while the tunnel resumes underneath.
+        Opened::Resumable(tunnel) => {
+            if let Err(e) = crate::resumable::drive(&connector, *tunnel, &mut local).await {
+                tracing::warn!("{}", e.user_line("hakuriver-ssh"));
+            }
+            return;
+        }
     };
     let outcome = relay(&mut local, &mut tunnel).await;
     tracing::debug!(

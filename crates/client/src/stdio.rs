@@ -5,7 +5,7 @@ use hakuriver_tunnel::protocol::TaskRef;
 use hakuriver_tunnel::relay;
 
 use crate::error::ClientError;
-use crate::tunnel::Connector;
+use crate::tunnel::{Connector, Opened};
 
 /// Prefix of the host names `ssh-config` sets up (`Host hakuriver-*`).
 pub const HOST_PREFIX: &str = "hakuriver-";
@@ -18,10 +18,18 @@ pub fn task_from_host(name: &str) -> &str {
 /// Opens the tunnel and relays it to stdin/stdout until both directions end.
 /// Exit status 0 for a clean end; errors (the proxy's refusal included) are returned.
 pub async fn run(connector: Connector, task: TaskRef) -> Result<u8, ClientError> {
-    let mut tunnel = connector.open(&task).await?;
     // stdin EOF is passed on as a write shutdown of the tunnel, so the VPS sees the
     // end of input while its output keeps flowing back (scp and rsync rely on it).
     let mut stdio = tokio::io::join(tokio::io::stdin(), ClosingStdout(tokio::io::stdout()));
+    let mut tunnel = match connector.open_any(&task).await? {
+        Opened::Plain(tunnel) => tunnel,
+        // Survives dropped connections to the Host; ssh on our stdio never notices.
+        Opened::Resumable(tunnel) => {
+            return crate::resumable::drive(&connector, *tunnel, &mut stdio)
+                .await
+                .map(|()| 0)
+        }
+    };
     let outcome = relay(&mut tunnel, &mut stdio).await;
     tracing::debug!(
         to_vps = outcome.stats.b_to_a,

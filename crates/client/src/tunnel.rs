@@ -10,12 +10,13 @@
 
 use std::time::Duration;
 
-use hakuriver_tunnel::protocol::extended::MAX_LIST_REPLY;
+use hakuriver_tunnel::protocol::extended::{encode_resume, MAX_LIST_REPLY};
 use hakuriver_tunnel::protocol::handshake::read_reply_body;
 use hakuriver_tunnel::protocol::{
     request_tunnel, Command, ExtendedRequest, ListReply, ReplyError, Request, TaskRef, Token,
     MAX_RESPONSE_LINE,
 };
+use hakuriver_tunnel::resume::{KeyPair, ResumeRequest, Session, SessionConfig, Side};
 use hakuriver_tunnel::Response;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::time::Instant;
@@ -51,15 +52,134 @@ pub struct Connector {
     pub response_timeout: Duration,
     /// The user's KohakuRiver API token; sent only when the transport is TLS.
     pub token: Option<Token>,
+    /// Ask for a resumable tunnel (a Host that does not resume answers plain SUCCESS).
+    pub resume: bool,
 }
+
+/// An open tunnel, plain or resumable.
+pub enum Opened {
+    /// Raw bytes from here (HakuRiver's protocol, or a Host that does not resume).
+    Plain(Tunnel),
+    /// Frames from here, and the session that outlives the connection.
+    Resumable(Box<ResumableTunnel>),
+}
+
+/// A resumable tunnel: its session, its current connection and the Host's terms.
+pub struct ResumableTunnel {
+    /// The session (bytes kept for the Host, the counts).
+    pub session: Session,
+    /// The current connection.
+    pub leg: Tunnel,
+    /// How long the Host keeps the tunnel after a connection drops.
+    pub grace: Duration,
+}
+
+/// The largest window the client accepts from a Host (more would be the Host asking us
+/// to keep more memory than any sane setting).
+const MAX_WINDOW: u64 = 64 * 1024 * 1024;
 
 impl Connector {
     /// Connects, requests a tunnel to `task` and returns the stream on `SUCCESS`.
     pub async fn open(&self, task: &TaskRef) -> Result<Tunnel, ClientError> {
         let command = Command::Tunnel(task.clone());
-        let request = self.request_line(&command);
+        let request = self.request_line(&command, None);
+        self.open_with(task, &request).await
+    }
+
+    /// [`open`](Self::open), asking for a resumable tunnel when `resume` is set: the
+    /// Host's grant makes it [`Opened::Resumable`], a plain SUCCESS (or a Host that
+    /// does not know the extended line) [`Opened::Plain`].
+    pub async fn open_any(&self, task: &TaskRef) -> Result<Opened, ClientError> {
+        if !self.resume {
+            return self.open(task).await.map(Opened::Plain);
+        }
+        let pair = KeyPair::generate().map_err(|e| ClientError::Io {
+            addr: self.target.to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let ours = pair.public;
+        let request = self.request_line(&Command::Tunnel(task.clone()), Some(ours));
+        let (response, stream) = self.exchange_raw(&request).await?;
+        match response {
+            Response::Error(message) if message == UNKNOWN_REQUEST => {
+                tracing::debug!(proxy = %self.target, "the proxy does not speak the extended request; asking plainly (no resume)");
+                self.open(task).await.map(Opened::Plain)
+            }
+            Response::Resumable(grant) if grant.window <= MAX_WINDOW && grant.window > 0 => {
+                let key = pair
+                    .agree(&grant.key, &grant.id, &ours, &grant.key)
+                    .map_err(|e| ClientError::Io {
+                        addr: self.target.to_string(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                let config = SessionConfig {
+                    window: grant.window as usize,
+                    ..SessionConfig::default()
+                };
+                tracing::info!(proxy = %self.target, grace_secs = grant.grace_secs, "tunnel open (resumable)");
+                Ok(Opened::Resumable(Box::new(ResumableTunnel {
+                    session: Session::new(grant.id, key, config),
+                    leg: stream,
+                    grace: Duration::from_secs(grant.grace_secs),
+                })))
+            }
+            Response::Success => {
+                tracing::info!(proxy = %self.target, "tunnel open (the Host does not resume)");
+                Ok(Opened::Plain(stream))
+            }
+            Response::Error(message) => Err(self.refusal(&message)),
+            other => Err(ClientError::UnexpectedReply {
+                addr: self.target.to_string(),
+                line: format!("{:?}", String::from_utf8_lossy(&other.encode()).trim_end()),
+            }),
+        }
+    }
+
+    /// Continues `session` on a new connection: TLS verified as for the first one, a
+    /// RESUME with the next generation, the Host's RESUMED checked; the session then
+    /// resends what the Host is missing. Returns the connection and the bytes resent.
+    pub async fn resume(&self, session: &mut Session) -> Result<(Tunnel, u64), ClientError> {
+        let generation = session.generation + 1;
+        let request = ResumeRequest::new(session.key(), session.id, generation, session.received());
+        let (response, stream) = self.exchange_raw(&encode_resume(&request)).await?;
+        let addr = self.target.to_string();
+        match response {
+            Response::Resumed(resumed) => {
+                if !session.key().verify(
+                    Side::Host,
+                    &session.id,
+                    generation,
+                    resumed.received,
+                    &resumed.proof,
+                ) {
+                    return Err(ClientError::UnexpectedReply {
+                        addr,
+                        line: "(a RESUMED whose proof does not match: not the Host this tunnel was opened with)".into(),
+                    });
+                }
+                session.generation = generation;
+                let resent = session.resume_from(resumed.received).map_err(|m| {
+                    ClientError::ResumeRefused {
+                        addr: addr.clone(),
+                        message: m.to_string(),
+                    }
+                })?;
+                Ok((stream, resent))
+            }
+            Response::Error(message) => Err(ClientError::ResumeRefused {
+                addr,
+                message: safe(&message),
+            }),
+            other => Err(ClientError::UnexpectedReply {
+                addr,
+                line: format!("{:?}", String::from_utf8_lossy(&other.encode()).trim_end()),
+            }),
+        }
+    }
+
+    async fn open_with(&self, task: &TaskRef, request: &[u8]) -> Result<Tunnel, ClientError> {
         let extended = !request.starts_with(b"REQUEST_TUNNEL ");
-        match self.exchange(&request).await {
+        match self.exchange(request).await {
             Ok(tunnel) => Ok(tunnel),
             // A proxy that speaks only HakuRiver's line (an older one, or HakuRiver's
             // own): ask again the way it understands, without the token.
@@ -81,7 +201,7 @@ impl Connector {
 
     /// The VPS tasks the proxy says this user may reach (`hakuriver-ssh list`).
     pub async fn list(&self) -> Result<ListReply, ClientError> {
-        let request = self.request_line(&Command::List);
+        let request = self.request_line(&Command::List, None);
         let mut stream = match self.exchange(&request).await {
             Ok(stream) => stream,
             Err(ClientError::Proxy(message)) if message == UNKNOWN_REQUEST => {
@@ -108,16 +228,21 @@ impl Connector {
 
     /// The line for `command`: HakuRiver's when it says everything, else the extended
     /// one, with the token only when the transport is TLS.
-    fn request_line(&self, command: &Command) -> Vec<u8> {
+    fn request_line(
+        &self,
+        command: &Command,
+        resume: Option<hakuriver_tunnel::resume::PublicKey>,
+    ) -> Vec<u8> {
         let token = match self.transport {
             Transport::Tls(_) => self.token.clone(),
             Transport::Plain => None,
         };
-        match (command, &token) {
-            (Command::Tunnel(TaskRef::Id(id)), None) => Request { task_id: *id }.encode(),
+        match (command, &token, resume) {
+            (Command::Tunnel(TaskRef::Id(id)), None, None) => Request { task_id: *id }.encode(),
             _ => ExtendedRequest {
                 command: command.clone(),
                 token,
+                resume,
             }
             .encode(),
         }
@@ -125,6 +250,22 @@ impl Connector {
 
     /// Connects, sends `request`, reads the reply; the stream on `SUCCESS`.
     async fn exchange(&self, request: &[u8]) -> Result<Tunnel, ClientError> {
+        match self.exchange_raw(request).await? {
+            (Response::Success, stream) => {
+                tracing::info!(proxy = %self.target, "tunnel open");
+                Ok(stream)
+            }
+            (Response::Error(message), _) => Err(self.refusal(&message)),
+            (other, _) => Err(ClientError::UnexpectedReply {
+                addr: self.target.to_string(),
+                line: format!("{:?}", String::from_utf8_lossy(&other.encode()).trim_end()),
+            }),
+        }
+    }
+
+    /// Connects, sends `request`, reads the reply line: the reply and the stream, or
+    /// why there was none (refusals come back as `Response::Error`).
+    async fn exchange_raw(&self, request: &[u8]) -> Result<(Response, Tunnel), ClientError> {
         let addr = self.target.to_string();
         let deadline = Instant::now() + self.connect_timeout;
         let tcp = connect_tcp(&self.target, deadline, self.connect_timeout).await?;
@@ -141,13 +282,7 @@ impl Connector {
             .await
             .map_err(|e| self.reply_error(e))?;
         tracing::debug!(proxy = %addr, "request sent");
-        match response {
-            Response::Success => {
-                tracing::info!(proxy = %addr, "tunnel open");
-                Ok(stream)
-            }
-            Response::Error(message) => Err(self.refusal(&message)),
-        }
+        Ok((response, stream))
     }
 
     /// The proxy's refusal as the user sees it: its text made safe to print, and for a
@@ -204,6 +339,7 @@ mod tests {
             connect_timeout: WAIT,
             response_timeout: WAIT,
             token: None,
+            resume: false,
         }
     }
 

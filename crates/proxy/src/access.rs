@@ -57,8 +57,14 @@ pub(crate) async fn decide(
     }
     let (command, token) = match request {
         AnyRequest::Classic(r) => (Command::Tunnel(TaskRef::Id(r.task_id)), None),
-        AnyRequest::Extended(ExtendedRequest { command, token }) => {
+        AnyRequest::Extended(ExtendedRequest { command, token, .. }) => {
             (command.clone(), token.as_ref())
+        }
+        // The handshake answers RESUME itself (crate::resume); it never gets here.
+        AnyRequest::Resume(_) => {
+            return Err(Refusal::Internal(
+                "a RESUME reached the access decision".into(),
+            ))
         }
     };
     match access.mode {
@@ -143,6 +149,7 @@ mod tests {
         AnyRequest::Extended(ExtendedRequest {
             command,
             token: Token::new(token),
+            resume: None,
         })
     }
 
@@ -221,6 +228,7 @@ mod tests {
         let name = AnyRequest::Extended(ExtendedRequest {
             command: Command::Tunnel(TaskRef::Name(kohaku::NAME_UNIQUE.into())),
             token: None,
+            resume: None,
         });
         let (answer, _, _) = decide_counting(&directory, Access::default(), &name, false).await;
         assert!(

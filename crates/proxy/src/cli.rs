@@ -202,6 +202,7 @@ async fn run(
     let state = Arc::new(
         ProxyState::new(directory, settings.timeouts, settings.limits)
             .with_access(settings.access)
+            .with_resume(settings.resume)
             .with_trusted_proxies(settings.trusted_proxies.clone()),
     );
     let shutdown = CancellationToken::new();
@@ -405,6 +406,8 @@ async fn probe_over<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<()> 
     match response {
         Response::Error(msg) if msg == "Task 0 not found." => Ok(()),
         Response::Error(msg) => bail!("unexpected answer: {msg}"),
-        Response::Success => bail!("task 0 unexpectedly routed"),
+        Response::Success | Response::Resumable(_) | Response::Resumed(_) => {
+            bail!("task 0 unexpectedly routed")
+        }
     }
 }

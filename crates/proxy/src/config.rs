@@ -209,7 +209,43 @@ struct ProxySection {
     auth: AuthSection,
     #[serde(default)]
     admin: AdminSection,
+    #[serde(default)]
+    resume: ResumeSection,
 }
+
+/// `[ssh_proxy.resume]`: resumable tunnels for hakuriver-ssh clients that ask.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeSection {
+    enable: Option<bool>,
+    grace_secs: Option<Seconds>,
+    buffer_bytes: Option<usize>,
+}
+
+/// Resumable tunnels: whether they are granted, how long a tunnel whose client
+/// connection dropped is kept, how many unacknowledged bytes it keeps each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeSettings {
+    /// `enable` (default true): grant resumable tunnels to clients that ask.
+    pub enabled: bool,
+    /// `grace_secs` (default 300).
+    pub grace: Duration,
+    /// `buffer_bytes` (default 1 MiB): the window, per direction.
+    pub window: usize,
+}
+
+impl Default for ResumeSettings {
+    fn default() -> Self {
+        ResumeSettings {
+            enabled: true,
+            grace: hakuriver_tunnel::resume::session::DEFAULT_GRACE,
+            window: hakuriver_tunnel::resume::session::DEFAULT_WINDOW,
+        }
+    }
+}
+
+/// Smallest and largest `[ssh_proxy.resume] buffer_bytes` accepted.
+const RESUME_WINDOW_RANGE: std::ops::RangeInclusive<usize> = 64 * 1024..=64 * 1024 * 1024;
 
 /// `[ssh_proxy.auth]`.
 #[derive(Debug, Default, Deserialize)]
@@ -402,6 +438,9 @@ pub enum ConfigError {
     /// Config text (no file) is not valid TOML for our schema.
     #[error("{0}")]
     Toml(toml::de::Error),
+    /// A value outside its range (the message names the setting).
+    #[error("{0}")]
+    Invalid(String),
     /// `host_bind_ip` / `--bind` does not resolve.
     #[error("invalid bind address {text:?}: {reason}")]
     BindAddress {
@@ -540,6 +579,8 @@ pub struct Settings {
     pub access: Access,
     /// The admin (metrics and health) listener.
     pub admin: AdminSettings,
+    /// `[ssh_proxy.resume]`.
+    pub resume: ResumeSettings,
     /// Peers whose connections start with a PROXY protocol header (v1 or v2) naming
     /// the real client; empty: no PROXY protocol.
     pub trusted_proxies: Vec<Cidr>,
@@ -756,6 +797,20 @@ fn resolve(
             DirectorySettings::Http(resolve_http(&database)?)
         }
     };
+    let defaults = ResumeSettings::default();
+    let resume = ResumeSettings {
+        enabled: p.resume.enable.unwrap_or(defaults.enabled),
+        grace: p.resume.grace_secs.map_or(defaults.grace, |s| s.0),
+        window: p.resume.buffer_bytes.unwrap_or(defaults.window),
+    };
+    if !RESUME_WINDOW_RANGE.contains(&resume.window) {
+        return Err(ConfigError::Invalid(format!(
+            "[ssh_proxy.resume] buffer_bytes = {}: must be between {} and {}",
+            resume.window,
+            RESUME_WINDOW_RANGE.start(),
+            RESUME_WINDOW_RANGE.end()
+        )));
+    }
     Ok(Settings {
         config_path,
         listeners,
@@ -775,6 +830,7 @@ fn resolve(
             allow_listing: p.allow_listing.unwrap_or(false),
         },
         admin,
+        resume,
         trusted_proxies,
     })
 }

@@ -100,13 +100,23 @@ pub enum Refusal {
     /// This client address is at `max_connections_per_ip`.
     #[error("Too many connections from your address; try again later.")]
     TooManyFromPeer,
+    /// A RESUME for a tunnel this Host does not hold (it ended, its grace period passed,
+    /// or it never existed).
+    #[error("Resume refused: this Host holds no such tunnel (it ended, or it waited longer than its grace period).")]
+    ResumeUnknown,
+    /// A RESUME whose proof, generation or transport does not match the tunnel.
+    #[error("Resume refused: the resume proof does not match this tunnel.")]
+    ResumeRefused(&'static str),
 }
 
 impl Refusal {
     /// Whether this refusal is a failed credential check (unknown, revoked or
     /// disabled): those spend a second lookup from the client's budget.
     pub fn is_failed_credential(&self) -> bool {
-        matches!(self, Refusal::BadToken | Refusal::AccountDisabled(_))
+        matches!(
+            self,
+            Refusal::BadToken | Refusal::AccountDisabled(_) | Refusal::ResumeRefused(_)
+        )
     }
 
     /// The full cause chain, for the log.
@@ -134,6 +144,7 @@ impl Refusal {
             Refusal::AuthUnsupported(kind) => {
                 format!("auth mode needs a KohakuRiver 1.0 database; this one is {kind}")
             }
+            Refusal::ResumeRefused(why) => format!("resume refused: {why}"),
             Refusal::TlsOnPlainPort => {
                 "TLS ClientHello on a plain port (the client should use a TLS port, or no TLS)"
                     .to_owned()

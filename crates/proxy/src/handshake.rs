@@ -7,6 +7,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use hakuriver_tunnel::protocol::{AnyRequest, Handshake, Response};
+use hakuriver_tunnel::resume::ResumeRequest;
 use hakuriver_tunnel::{net::tune_tcp, RequestError, TaskId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,6 +36,15 @@ pub(crate) struct Established<S> {
     pub(crate) runner_addr: String,
     /// The KohakuRiver user (auth mode), for the log lines.
     pub(crate) user: Option<Box<str>>,
+    /// Set when the tunnel was granted as resumable: frames, not raw bytes, from here.
+    pub(crate) resumable: Option<Box<crate::resume::Resumable>>,
+}
+
+/// What the request asked for, once decided.
+enum SetUp {
+    Tunnel(Route, TcpStream),
+    Listed,
+    Resume(ResumeRequest),
 }
 
 /// Reads the request, decides it (see [`crate::access`]), connects to the runner and
@@ -46,16 +56,23 @@ pub(crate) async fn open_tunnel<S>(
     arrival: Arrival,
 ) -> Option<Established<S>>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = arrival.peer;
     let tls = matches!(arrival.transport, Transport::Tls);
     let mut client = Handshake::new(stream);
     let mut target = None;
     let mut user = None;
+    let mut offer = None;
     let set_up = async {
         let request = read_request(&mut client, state.timeouts.request).await?;
+        if let AnyRequest::Resume(resume) = request {
+            return Ok(SetUp::Resume(resume));
+        }
         target = request.target();
+        if let AnyRequest::Extended(extended) = &request {
+            offer = extended.resume.filter(|_| state.resumables.enabled());
+        }
         let deciding = Instant::now();
         // Boxed: the decision's state (token, name and list lookups) would otherwise sit
         // inline in every connection's setup future.
@@ -73,7 +90,7 @@ where
         match answer? {
             Answer::Tunnel(route) => {
                 let runner = connect_runner(&route, state.timeouts.connect).await?;
-                Ok::<_, Refusal>(Some((route, runner)))
+                Ok::<_, Refusal>(SetUp::Tunnel(route, runner))
             }
             Answer::List(list) => {
                 info!(peer = %peer, user = user.as_deref().map(tracing::field::display), tasks = list.tasks.len(), "task list sent");
@@ -85,13 +102,18 @@ where
                 if let Err(e) = sent.await {
                     debug!(peer = %peer, error = %e, "client left during the task list");
                 }
-                Ok(None)
+                Ok(SetUp::Listed)
             }
         }
     };
     let (route, runner) = match set_up.await {
-        Ok(Some(set_up)) => set_up,
-        Ok(None) => return None,
+        Ok(SetUp::Tunnel(route, runner)) => (route, runner),
+        Ok(SetUp::Listed) => return None,
+        Ok(SetUp::Resume(request)) => {
+            // Boxed: only resumes pay for the hand-over's state.
+            Box::pin(resume_tunnel(state, client, request, arrival)).await;
+            return None;
+        }
         Err(refusal) => {
             state.stats.refused(&refusal);
             let task = target.map(|t| t.to_string()).unwrap_or_default();
@@ -111,7 +133,33 @@ where
         }
     };
     let task_id = route.task_id;
-    if let Err(e) = client.write_response(&Response::Success).await {
+    let mut resumable = None;
+    let response = match offer {
+        // A resumable tunnel's client waits for the grant before it sends a frame.
+        Some(key) if client.stream_mut().buffer().is_empty() => {
+            match state.resumables.grant(&key, arrival.transport) {
+                Ok((grant, granted)) => {
+                    resumable = Some(Box::new(granted));
+                    Response::Resumable(grant)
+                }
+                Err(e) => {
+                    warn!(peer = %peer, task_id = %task_id, reason = %e.detail(), "cannot make the tunnel resumable; opening it plain");
+                    Response::Success
+                }
+            }
+        }
+        Some(_) => {
+            let refusal = Refusal::Request(RequestError::InvalidFormat);
+            state.stats.refused(&refusal);
+            info!(peer = %peer, task_id = %task_id, "tunnel refused: bytes sent before the resumable grant");
+            let _ =
+                tokio::time::timeout(REFUSAL_LINGER, write_refusal(client.stream_mut(), &refusal))
+                    .await;
+            return None;
+        }
+        None => Response::Success,
+    };
+    if let Err(e) = client.write_response(&response).await {
         info!(peer = %peer, task_id = %task_id, error = %e, "client left before SUCCESS");
         return None;
     }
@@ -120,7 +168,7 @@ where
         .stats
         .tunnel_opened(arrival.transport, arrival.accepted.elapsed());
     // `user` is recorded only when there is one (auth mode).
-    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, user = user.as_deref().map(tracing::field::display), "tunnel opened");
+    info!(task_id = %task_id, peer = %peer, runner = %runner_addr, node = %route.node, user = user.as_deref().map(tracing::field::display), resumable = resumable.is_some(), "tunnel opened");
     // Whatever the client pipelined behind its request line goes to the runner first;
     // the request buffer itself is freed here, before the tunnel idles for hours.
     let (client, pending) = client.into_parts();
@@ -131,7 +179,54 @@ where
         task_id,
         runner_addr,
         user: user.map(String::into_boxed_str),
+        resumable,
     })
+}
+
+/// Answers a RESUME: checked against the registry (each attempt takes a lookup from
+/// the client's bucket, a failed proof a second one), then the connection goes to the
+/// tunnel's task, which answers `RESUMED`; or `ERROR <message>`.
+async fn resume_tunnel<S>(
+    state: &ProxyState,
+    mut client: Handshake<S>,
+    request: ResumeRequest,
+    arrival: Arrival,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = arrival.peer;
+    let claimed = state
+        .admission
+        .take_lookup(peer.ip())
+        .and_then(|()| state.resumables.claim(&request, arrival.transport));
+    let refusal = match claimed {
+        Ok(legs) => {
+            let (stream, pending) = client.into_parts();
+            if !pending.is_empty() {
+                // Frames before RESUMED: not our client. The tunnel waits for another.
+                warn!(peer = %peer, "resume dropped: bytes sent before RESUMED");
+                return;
+            }
+            let leg = crate::resume::NewLeg {
+                leg: Box::new(stream),
+                generation: request.generation,
+                received: request.received,
+                peer,
+            };
+            if legs.try_send(leg).is_err() {
+                warn!(peer = %peer, "resume dropped: the tunnel is busy with other resumes");
+            }
+            return;
+        }
+        Err(refusal) => refusal,
+    };
+    if refusal.is_failed_credential() {
+        let _ = state.admission.take_lookup(peer.ip());
+    }
+    state.stats.refused(&refusal);
+    info!(peer = %peer, reason = %refusal.detail(), "resume refused");
+    let _ =
+        tokio::time::timeout(REFUSAL_LINGER, write_refusal(client.stream_mut(), &refusal)).await;
 }
 
 /// Reads and parses the request line (either form) under `timeout`.

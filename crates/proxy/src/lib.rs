@@ -22,6 +22,8 @@
 //! - `admission`: the allowlist, connection limits and the per-address lookup bucket.
 //! - `handshake`: request read, lookup, runner connect, `SUCCESS`/`ERROR`.
 //! - `metrics`: the Prometheus registry behind `/metrics`.
+//! - `resume`: resumable tunnels: grants, RESUME checks, and the task that holds each
+//!   tunnel across its client's reconnects.
 //! - `tls`: the serving certificate (files or self-signed) and SIGHUP reload.
 //! - `notify`: sd_notify readiness, status, reload, stop and watchdog messages.
 //! - `logging`: text, JSON or journald output.
@@ -40,5 +42,6 @@ pub(crate) mod logging;
 mod metrics;
 pub(crate) mod notify;
 pub mod proxy_protocol;
+pub(crate) mod resume;
 pub mod server;
 pub(crate) mod tls;

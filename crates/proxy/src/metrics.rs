@@ -56,7 +56,7 @@ pub(crate) enum TlsFailure {
 }
 
 /// Every `reason` label value, in [`reason_index`] order.
-pub(crate) const REASONS: [&str; 32] = [
+pub(crate) const REASONS: [&str; 34] = [
     "invalid_request",
     "invalid_task_id",
     "unreadable_request",
@@ -89,6 +89,8 @@ pub(crate) const REASONS: [&str; 32] = [
     "auth_required",
     "token_over_plain",
     "listing_disabled",
+    "resume_unknown",
+    "resume_refused",
 ];
 
 /// The fixed `reason` label of a refusal (an index into [`REASONS`]).
@@ -126,6 +128,8 @@ pub(crate) fn reason_index(refusal: &Refusal) -> usize {
         Refusal::AuthRequired => 29,
         Refusal::TokenOverPlain => 30,
         Refusal::ListingDisabled => 31,
+        Refusal::ResumeUnknown => 32,
+        Refusal::ResumeRefused(_) => 33,
         // Its wire text is HakuRiver's "Failed to connect": counted with those.
         Refusal::PortOutOfRange(..) => 16,
     }

@@ -179,6 +179,7 @@ pub struct ProxyState {
     /// `[ssh_proxy.auth]` and `allow_listing`.
     pub access: Access,
     pub(crate) admission: Admission,
+    pub(crate) resumables: crate::resume::Resumables,
     draining: AtomicBool,
     trusted_proxies: Vec<Cidr>,
 }
@@ -201,6 +202,7 @@ impl ProxyState {
             stats: Stats::default(),
             access: Access::default(),
             admission: Admission::new(limits),
+            resumables: crate::resume::Resumables::new(crate::config::ResumeSettings::default()),
             draining: AtomicBool::new(false),
             trusted_proxies: Vec::new(),
         }
@@ -209,6 +211,12 @@ impl ProxyState {
     /// The same state with these access settings (auth mode, listing).
     pub fn with_access(mut self, access: Access) -> Self {
         self.access = access;
+        self
+    }
+
+    /// `[ssh_proxy.resume]`: whether and how tunnels are made resumable.
+    pub fn with_resume(mut self, settings: crate::config::ResumeSettings) -> Self {
+        self.resumables = crate::resume::Resumables::new(settings);
         self
     }
 
@@ -477,11 +485,36 @@ impl Connection {
     }
 
     /// Relays an established tunnel in a task of its own.
-    fn relay<S>(self, established: Established<S>)
+    fn relay<S>(self, mut established: Established<S>)
     where
         S: relay::Endpoint + 'static,
     {
         let tracker = self.tracker.clone();
+        if let Some(resumable) = established.resumable.take() {
+            let meta = crate::resume::Meta {
+                task_id: established.task_id,
+                peer: self.arrival.peer,
+                runner_addr: established.runner_addr,
+                user: established.user,
+                transport: self.arrival.transport,
+            };
+            let Connection { slot, force, .. } = self;
+            let state = Arc::clone(slot.state());
+            tracker.spawn(async move {
+                // The slot counts the tunnel against the limits for as long as it lives.
+                let _slot = slot;
+                crate::resume::run(
+                    state,
+                    established.runner,
+                    Box::new(established.client),
+                    *resumable,
+                    meta,
+                    force,
+                )
+                .await;
+            });
+            return;
+        }
         tracker.spawn(self.relaying(established));
     }
 
@@ -597,6 +630,7 @@ mod tests {
             task_id: "1".parse().expect("id"),
             runner_addr: String::new(),
             user: None,
+            resumable: None,
         };
         let relaying_size = std::mem::size_of_val(&connection().relaying(established));
         let splice_size = std::mem::size_of_val(&relay::relay_tcp(&mut a, &[], &mut b));

@@ -1,5 +1,5 @@
 //! Replays the committed fuzz corpora (`fuzz/corpus/request_parser`,
-//! `fuzz/corpus/response_parser`, `fuzz/corpus/extended_request`) through the very checks the fuzz targets run, on
+//! `fuzz/corpus/response_parser`, `fuzz/corpus/extended_request`, `fuzz/corpus/resume_handshake`) through the very checks the fuzz targets run, on
 //! stable, so CI catches a regression the fuzzer once explored.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -9,6 +9,9 @@ mod protocol_checks;
 
 #[path = "../../../fuzz/src/extended_checks.rs"]
 mod extended_checks;
+
+#[path = "../../../fuzz/src/resume_checks.rs"]
+mod resume_checks;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,11 @@ fn request_parser_corpus() {
 #[test]
 fn extended_request_corpus() {
     replay("extended_request", extended_checks::check_extended);
+}
+
+#[test]
+fn resume_handshake_corpus() {
+    replay("resume_handshake", resume_checks::check_resume);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! client → host:  HAKURIVER_SSH/1 TUNNEL task=<id> [token=<token>]\n
 //!                 HAKURIVER_SSH/1 TUNNEL name=<name> [token=<token>]\n
 //!                 HAKURIVER_SSH/1 LIST [token=<token>]\n
+//!                 HAKURIVER_SSH/1 RESUME id=<tunnel> gen=<n> received=<bytes> proof=<mac>\n
 //! host → client:  SUCCESS\n (then raw bytes; for LIST one JSON line, then close)
 //!              |  ERROR <message>\n
 //! ```
@@ -22,6 +23,7 @@ use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, NON_ALPHAN
 use serde::{Deserialize, Serialize};
 
 use super::{parse_request, Request, RequestError, TaskId, REQUEST_PREFIX};
+use crate::resume::{PublicKey, ResumeRequest};
 
 /// The first word (and its space) of an extended request line.
 pub const EXTENDED_PREFIX: &[u8] = b"HAKURIVER_SSH/1 ";
@@ -118,6 +120,8 @@ pub struct ExtendedRequest {
     pub command: Command,
     /// The user's API token, if the client sent one.
     pub token: Option<Token>,
+    /// The client's key when it asks for a resumable tunnel.
+    pub resume: Option<PublicKey>,
 }
 
 impl ExtendedRequest {
@@ -135,6 +139,9 @@ impl ExtendedRequest {
         if let Some(token) = &self.token {
             line.push_str(&format!(" token={}", utf8_percent_encode(&token.0, VALUE)));
         }
+        if let Some(key) = &self.resume {
+            line.push_str(&format!(" resume={key}"));
+        }
         line.push('\n');
         line.into_bytes()
     }
@@ -147,6 +154,17 @@ pub enum AnyRequest {
     Classic(Request),
     /// hakuriver-ssh's `HAKURIVER_SSH/1 ...`.
     Extended(ExtendedRequest),
+    /// `HAKURIVER_SSH/1 RESUME ...`: continue a resumable tunnel.
+    Resume(ResumeRequest),
+}
+
+/// The RESUME line, newline included.
+pub fn encode_resume(request: &ResumeRequest) -> Vec<u8> {
+    let mut line = String::from_utf8_lossy(EXTENDED_PREFIX).into_owned();
+    line.push_str("RESUME ");
+    line.push_str(&request.encode_fields());
+    line.push('\n');
+    line.into_bytes()
 }
 
 impl AnyRequest {
@@ -158,14 +176,14 @@ impl AnyRequest {
                 command: Command::Tunnel(target),
                 ..
             }) => Some(target.clone()),
-            AnyRequest::Extended(_) => None,
+            AnyRequest::Extended(_) | AnyRequest::Resume(_) => None,
         }
     }
 
     /// The token, if one came with the request.
     pub fn token(&self) -> Option<&Token> {
         match self {
-            AnyRequest::Classic(_) => None,
+            AnyRequest::Classic(_) | AnyRequest::Resume(_) => None,
             AnyRequest::Extended(e) => e.token.as_ref(),
         }
     }
@@ -177,7 +195,14 @@ impl AnyRequest {
 /// `Invalid task ID format.` (a `task=` that is not a task ID).
 pub fn parse_any_request(line: &[u8]) -> Result<AnyRequest, RequestError> {
     match line.strip_prefix(EXTENDED_PREFIX) {
-        Some(rest) => parse_extended(rest).map(AnyRequest::Extended),
+        Some(rest) => match rest.strip_prefix(b"RESUME ") {
+            Some(fields) => std::str::from_utf8(fields)
+                .ok()
+                .and_then(|f| ResumeRequest::parse_fields(f).ok())
+                .map(AnyRequest::Resume)
+                .ok_or(RequestError::InvalidFormat),
+            None => parse_extended(rest).map(AnyRequest::Extended),
+        },
         None => parse_request(line).map(AnyRequest::Classic),
     }
 }
@@ -188,13 +213,14 @@ fn parse_extended(rest: &[u8]) -> Result<ExtendedRequest, RequestError> {
     let text = std::str::from_utf8(rest).map_err(|_| RequestError::InvalidFormat)?;
     let mut words = text.split(' ');
     let verb = words.next().unwrap_or_default();
-    let (mut task, mut name, mut token) = (None, None, None);
+    let (mut task, mut name, mut token, mut resume) = (None, None, None, None);
     for word in words {
         let (key, value) = word.split_once('=').ok_or(RequestError::InvalidFormat)?;
         let slot = match key {
             "task" => &mut task,
             "name" => &mut name,
             "token" => &mut token,
+            "resume" => &mut resume,
             _ => return Err(RequestError::InvalidFormat),
         };
         if slot.is_some() {
@@ -206,13 +232,24 @@ fn parse_extended(rest: &[u8]) -> Result<ExtendedRequest, RequestError> {
         None => None,
         Some(text) => Some(Token::new(&text).ok_or(RequestError::InvalidFormat)?),
     };
+    let resume = match resume {
+        None => None,
+        Some(text) if verb == "TUNNEL" => {
+            Some(PublicKey::parse(&text).map_err(|_| RequestError::InvalidFormat)?)
+        }
+        Some(_) => return Err(RequestError::InvalidFormat),
+    };
     let command = match (verb, task, name) {
         ("TUNNEL", Some(task), None) => Command::Tunnel(TaskRef::Id(task.parse()?)),
         ("TUNNEL", None, Some(name)) if valid_name(&name) => Command::Tunnel(TaskRef::Name(name)),
         ("LIST", None, None) => Command::List,
         _ => return Err(RequestError::InvalidFormat),
     };
-    Ok(ExtendedRequest { command, token })
+    Ok(ExtendedRequest {
+        command,
+        token,
+        resume,
+    })
 }
 
 /// Decodes one percent-encoded value; it must be UTF-8 and hold no spaces' stand-ins
@@ -281,22 +318,27 @@ mod tests {
             ExtendedRequest {
                 command: Command::Tunnel(TaskRef::Id(id(42))),
                 token: None,
+                resume: None,
             },
             ExtendedRequest {
                 command: Command::Tunnel(TaskRef::Id(id(7323718749301768192))),
                 token: Some(token.clone()),
+                resume: None,
             },
             ExtendedRequest {
                 command: Command::Tunnel(TaskRef::Name("my dev box ü".into())),
                 token: Some(token.clone()),
+                resume: None,
             },
             ExtendedRequest {
                 command: Command::List,
                 token: Some(token),
+                resume: None,
             },
             ExtendedRequest {
                 command: Command::List,
                 token: None,
+                resume: None,
             },
         ];
         for request in cases {
@@ -313,6 +355,7 @@ mod tests {
             ExtendedRequest {
                 command: Command::Tunnel(TaskRef::Name("a b".into())),
                 token: Token::new("t0k"),
+                resume: None,
             }
             .encode(),
             b"HAKURIVER_SSH/1 TUNNEL name=a%20b token=t0k\n"
@@ -370,6 +413,7 @@ mod tests {
         let request = AnyRequest::Extended(ExtendedRequest {
             command: Command::List,
             token: Some(token),
+            resume: None,
         });
         assert!(!format!("{request:?}").contains("s3cret"));
         assert!(Token::new(" \n").is_none());

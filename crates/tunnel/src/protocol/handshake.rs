@@ -213,6 +213,7 @@ mod tests {
         let long = ExtendedRequest {
             command: Command::Tunnel(TaskRef::Name("n a".repeat(85))),
             token: Token::new(&"a/".repeat(250)),
+            resume: None,
         };
         let line = long.encode();
         assert!(line.len() > MAX_REQUEST_LINE);

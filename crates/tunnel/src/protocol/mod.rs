@@ -165,6 +165,10 @@ pub enum Response {
     Success,
     /// The host refused; the message is HakuRiver's text (e.g. `Task 42 not found.`).
     Error(String),
+    /// `SUCCESS RESUMABLE ...`: the tunnel is open and resumable; frames follow.
+    Resumable(crate::resume::Grant),
+    /// `RESUMED ...`: a resumed tunnel continues; frames follow.
+    Resumed(crate::resume::Resumed),
 }
 
 impl Response {
@@ -180,6 +184,8 @@ impl Response {
                     .collect();
                 format!("{ERROR_PREFIX}{flat}\n").into_bytes()
             }
+            Response::Resumable(grant) => grant.encode(),
+            Response::Resumed(resumed) => resumed.encode(),
         }
     }
 }
@@ -197,6 +203,17 @@ pub fn parse_response(line: &[u8]) -> Result<Response, UnexpectedResponse> {
     if text == "SUCCESS" {
         return Ok(Response::Success);
     }
+    let unexpected = || UnexpectedResponse(text.chars().take(120).collect());
+    if let Some(rest) = text.strip_prefix("SUCCESS RESUMABLE ") {
+        return crate::resume::Grant::parse_fields(rest)
+            .map(Response::Resumable)
+            .map_err(|_| unexpected());
+    }
+    if let Some(rest) = text.strip_prefix("RESUMED ") {
+        return crate::resume::Resumed::parse_fields(rest)
+            .map(Response::Resumed)
+            .map_err(|_| unexpected());
+    }
     for prefix in [PYTHON_ERROR_PREFIX, ERROR_PREFIX] {
         if let Some(message) = text.strip_prefix(prefix) {
             return Ok(Response::Error(message.trim().to_owned()));
@@ -205,7 +222,7 @@ pub fn parse_response(line: &[u8]) -> Result<Response, UnexpectedResponse> {
     if text == "ERROR" {
         return Ok(Response::Error(String::new()));
     }
-    Err(UnexpectedResponse(text.chars().take(120).collect()))
+    Err(unexpected())
 }
 
 /// Outcome of reading one line with [`read_line`].
