@@ -46,6 +46,11 @@ pub const PLAIN_TUNNEL: &str = "t";
 pub const KINDS: &[&str] = &[PLAIN_TUNNEL];
 /// Longest name accepted (systemd's own limit is 255).
 pub const MAX_NAME: usize = 255;
+/// Bytes of `LISTEN_FDNAMES` the stored names may take. systemd passes every name in
+/// that one variable, and Linux refuses to exec a process with a single environment
+/// string longer than 128 KiB (`MAX_ARG_STRLEN`, E2BIG): a store whose names outgrow it
+/// would make every restart fail. The rest is left for the sockets' names.
+pub const NAMES_BUDGET: usize = 120 * 1024;
 
 /// One group of stored descriptors: `<kind><serial>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -169,7 +174,14 @@ pub struct FdStore {
     capacity: Option<usize>,
     /// Descriptors stored (or adopted) and not yet removed.
     used: AtomicUsize,
+    /// Their names' share of `LISTEN_FDNAMES` (each name and a `:`).
+    name_bytes: AtomicUsize,
     next_serial: AtomicU64,
+}
+
+/// What `parts` of group `id` add to `LISTEN_FDNAMES`.
+fn names_len(id: GroupId, parts: &[&str]) -> usize {
+    parts.iter().map(|p| id.name(p).len() + 1).sum()
 }
 
 impl FdStore {
@@ -217,38 +229,58 @@ impl FdStore {
         self.next_serial.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Notes a group passed back by systemd: new serials come after it, and its
-    /// `fds` descriptors count against the capacity until removed.
-    pub fn adopted(&self, id: GroupId, fds: usize) {
+    /// Notes a group passed back by systemd: new serials come after it, and its `parts`
+    /// count against the capacity until removed (none for a group about to be dropped).
+    pub fn adopted(&self, id: GroupId, parts: &[&str]) {
         self.next_serial
             .fetch_max(id.serial.saturating_add(1), Ordering::Relaxed);
-        self.used.fetch_add(fds, Ordering::Relaxed);
+        self.used.fetch_add(parts.len(), Ordering::Relaxed);
+        self.name_bytes
+            .fetch_add(names_len(id, parts), Ordering::Relaxed);
     }
 
-    /// Room for `fds` more descriptors: claims it and returns `true`, or `false` when
-    /// the store is off or `$FDSTORE` says it would overflow (systemd would drop them).
-    pub fn claim(&self, fds: usize) -> bool {
+    /// Room for `parts` of group `id`: claims it and returns `true`, or `false` when the
+    /// store is off, `$FDSTORE` says it would overflow (systemd would drop them) or the
+    /// names would pass [`NAMES_BUDGET`].
+    pub fn claim(&self, id: GroupId, parts: &[&str]) -> bool {
         if !self.enabled {
             return false;
         }
-        let Some(capacity) = self.capacity else {
-            self.used.fetch_add(fds, Ordering::Relaxed);
-            return true;
-        };
-        self.used
+        let bytes = names_len(id, parts);
+        if self
+            .name_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                (used + fds <= capacity).then_some(used + fds)
+                (used + bytes <= NAMES_BUDGET).then_some(used + bytes)
             })
-            .is_ok()
+            .is_err()
+        {
+            return false;
+        }
+        let fds = parts.len();
+        let fits = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                self.capacity
+                    .map_or(true, |capacity| used + fds <= capacity)
+                    .then_some(used + fds)
+            })
+            .is_ok();
+        if !fits {
+            self.release(&self.name_bytes, bytes);
+        }
+        fits
     }
 
     /// Gives back what [`FdStore::claim`] or [`FdStore::adopted`] counted.
-    pub fn unclaim(&self, fds: usize) {
-        let _ = self
-            .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                Some(used.saturating_sub(fds))
-            });
+    pub fn unclaim(&self, id: GroupId, parts: &[&str]) {
+        self.release(&self.used, parts.len());
+        self.release(&self.name_bytes, names_len(id, parts));
+    }
+
+    fn release(&self, counter: &AtomicUsize, n: usize) {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            Some(used.saturating_sub(n))
+        });
     }
 
     /// Descriptors currently counted as stored.
@@ -535,23 +567,34 @@ mod tests {
 
     #[test]
     fn claims_respect_fdstore_and_serials_follow_adopted_groups() {
+        let parts = [
+            "client", "runner", "up.r", "up.w", "down.r", "down.w", "state",
+        ];
         let store = FdStore::decide(FdStoreMode::Auto, true, Some("14"));
         assert_eq!(store.capacity(), Some(14));
-        store.adopted(
-            GroupId {
-                kind: PLAIN_TUNNEL,
-                serial: 41,
-            },
-            7,
-        );
+        let id = |serial| GroupId {
+            kind: PLAIN_TUNNEL,
+            serial,
+        };
+        store.adopted(id(41), &parts);
         assert_eq!(store.next_serial(), 42);
         assert_eq!(store.next_serial(), 43);
-        assert!(store.claim(7));
-        assert!(!store.claim(7), "14 descriptors in use");
-        store.unclaim(7);
-        assert!(store.claim(7));
+        assert!(store.claim(id(42), &parts));
+        assert!(!store.claim(id(43), &parts), "14 descriptors in use");
+        store.unclaim(id(42), &parts);
+        assert!(store.claim(id(43), &parts));
         assert_eq!(store.used(), 14);
-        assert!(!FdStore::disabled().claim(1));
+        assert!(!FdStore::disabled().claim(id(1), &parts));
+        // Without $FDSTORE (systemd 252) the names' room in LISTEN_FDNAMES is the limit.
+        let store = FdStore::decide(FdStoreMode::On, true, None);
+        let mut kept = 0u64;
+        while store.claim(id(1000 + kept), &parts) {
+            kept += 1;
+        }
+        // t1000.client:t1000.runner:... is 86 bytes a tunnel.
+        assert_eq!(kept, (NAMES_BUDGET / 86) as u64);
+        store.unclaim(id(1000), &parts);
+        assert!(store.claim(id(5000), &parts));
     }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]

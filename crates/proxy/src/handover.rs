@@ -84,25 +84,27 @@ pub(crate) struct OwnPipesTunnel {
     pub(crate) kept: Option<Kept>,
 }
 
-/// Stores a new tunnel's descriptors as group `t<serial>`: claims room, writes the
-/// record, sends the seven entries (undoing the ones sent if one fails).
+/// Room in the store for one more tunnel: its group id, claimed, or `None` when the
+/// store is off or full (the tunnel then takes the pooled path and will not survive a
+/// restart).
+pub(crate) fn claim(store: &FdStore) -> Option<GroupId> {
+    let id = GroupId {
+        kind: PLAIN_TUNNEL,
+        serial: store.next_serial(),
+    };
+    store.claim(id, &PARTS).then_some(id)
+}
+
+/// Stores a new tunnel's descriptors as group `id` (claimed with [`claim`]): writes the
+/// record, sends the seven entries (undoing the ones sent if one fails, and the claim).
 pub(crate) fn keep(
     store: &FdStore,
+    id: GroupId,
     client: &TcpStream,
     runner: &TcpStream,
     pipes: &TunnelPipes,
     record: &TunnelRecord,
 ) -> io::Result<Kept> {
-    if !store.claim(PARTS.len()) {
-        return Err(io::Error::other(format!(
-            "the fd store is full ($FDSTORE={})",
-            store.capacity().unwrap_or(0)
-        )));
-    }
-    let id = GroupId {
-        kind: PLAIN_TUNNEL,
-        serial: store.next_serial(),
-    };
     let stored = StateFile::create(&id.name(STATE), record).and_then(|state| {
         use std::os::fd::AsFd;
         let [up_r, up_w, down_r, down_w] = pipes.fds();
@@ -121,7 +123,7 @@ pub(crate) fn keep(
         Ok(Kept { id, state })
     });
     if stored.is_err() {
-        store.unclaim(PARTS.len());
+        store.unclaim(id, &PARTS);
     }
     stored
 }
@@ -129,7 +131,7 @@ pub(crate) fn keep(
 /// Removes a tunnel's group from the store (its peers see the sockets close only then).
 pub(crate) fn forget(store: &FdStore, kept: &Kept) {
     store.remove_group(kept.id, &PARTS);
-    store.unclaim(PARTS.len());
+    store.unclaim(kept.id, &PARTS);
 }
 
 /// A stored tunnel checked and taken over, sockets not yet registered with the runtime.
@@ -218,11 +220,11 @@ pub(crate) fn adopt_all(store: &FdStore, groups: Vec<StoredGroup>) -> Vec<Adopte
             }
         }
         // Serials continue after every group seen, broken ones too.
-        store.adopted(id, 0);
+        store.adopted(id, &[]);
         match adopt(group) {
             Ok(mut tunnel) => {
                 if store.is_enabled() {
-                    store.adopted(id, PARTS.len());
+                    store.adopted(id, &PARTS);
                 } else {
                     store.remove_names(names);
                     tunnel.kept = None;

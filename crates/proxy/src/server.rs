@@ -36,6 +36,10 @@ use crate::proxy_protocol::read_header;
 /// while the process is out of descriptors.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Whether the fd store's "full" warning was logged (once per process: every tunnel
+/// after it would repeat it).
+static STORE_FULL_WARNED: AtomicBool = AtomicBool::new(false);
+
 /// What a listener's connections speak first.
 #[derive(Clone)]
 pub enum ListenerKind {
@@ -648,15 +652,28 @@ impl Connection {
     /// `crate::handover`), in a task of its own. Without pipes it takes the pooled path
     /// (and will not survive a restart); a store that refuses it only means the same.
     fn relay_kept(self, established: Established<TcpStream>) {
+        let state = self.slot.state();
+        let Some(id) = handover::claim(&state.fd_store) else {
+            if !STORE_FULL_WARNED.swap(true, Ordering::Relaxed) {
+                warn!(
+                    capacity = state.fd_store.capacity().map(tracing::field::display),
+                    "the fd store is full: new tunnels will not survive a restart until some close"
+                );
+            }
+            return self.relay(established);
+        };
         let mut pipes = match relay::TunnelPipes::new() {
             Ok(pipes) => pipes,
             Err(e) => {
+                state.fd_store.unclaim(id, &handover::PARTS);
                 warn!(task_id = %established.task_id, error = %e, "no pipes for the fd store; this tunnel will not survive a restart");
                 return self.relay(established);
             }
         };
         // Pipelined bytes go first into the pipe: nothing of the tunnel lives in memory.
+        // (They are at most a request buffer, far less than a pipe holds.)
         if let Err(e) = pipes.preload(&established.pending) {
+            state.fd_store.unclaim(id, &handover::PARTS);
             warn!(task_id = %established.task_id, error = %e, "cannot put pipelined bytes into the pipe; tunnel closed");
             return;
         }
@@ -678,8 +695,7 @@ impl Connection {
             user: user.map(String::from),
             handovers: 0,
         };
-        let state = self.slot.state();
-        let kept = match handover::keep(&state.fd_store, &client, &runner, &pipes, &record) {
+        let kept = match handover::keep(&state.fd_store, id, &client, &runner, &pipes, &record) {
             Ok(kept) => Some(kept),
             Err(e) => {
                 warn!(task_id = %task_id, error = %e, "cannot keep the tunnel in the fd store; it will not survive a restart");
