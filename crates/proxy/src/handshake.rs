@@ -71,7 +71,12 @@ where
         }
         target = request.target();
         if let AnyRequest::Extended(extended) = &request {
-            offer = extended.resume.filter(|_| state.resumables.enabled());
+            // Under the fd store a plain tunnel survives restarts in the kernel; a
+            // resumable one would not (its session lives in this process), so none is
+            // granted there until sessions go to the store too.
+            offer = extended
+                .resume
+                .filter(|_| state.resumables.enabled() && !state.fd_store().is_enabled());
         }
         let deciding = Instant::now();
         // Boxed: the decision's state (token, name and list lookups) would otherwise sit
