@@ -241,6 +241,16 @@ pub fn run_python_client(
     input: &[u8],
     timeout: Duration,
 ) -> Result<Output> {
+    process::run(
+        &mut python_client_command(proxy, task_id, sshd)?,
+        input,
+        timeout,
+    )
+}
+
+/// The command [`run_python_client`] runs (HakuRiver 0.3.0's `hakuriver.ssh` with the
+/// `ssh` PATH shim), for callers that feed and read it as it runs.
+pub fn python_client_command(proxy: SocketAddr, task_id: &str, sshd: &Sshd) -> Result<Command> {
     let client = venv_dir().join("bin/hakuriver.ssh");
     assert!(
         client.exists(),
@@ -259,7 +269,7 @@ pub fn run_python_client(
         .env("PATH", std::env::join_paths(paths).context("PATH")?)
         .env("HAKURIVER_CONFIG", peer_path("hakuriver-client.toml"))
         .env("HAKURIVER_TEST_SSH_KEY", sshd.client_key_path());
-    process::run(&mut cmd, input, timeout)
+    Ok(cmd)
 }
 
 /// An `ssh` command through `proxy` to `task_id` using `tests/peer/tunnel.py` as

@@ -14,6 +14,8 @@
 //!   SQL ([`SqlDb`]), the same routing tasks, and users, tokens and assignments on 1.0.
 //! - [`net`]: request/reply exchanges, a refusing port, checksums, test data, timeouts.
 //! - [`robust`]: our client as ProxyCommand, `/proc` fd/RSS counts, polling with a deadline.
+//! - [`service_manager`]: a stand-in for systemd (notify socket, fd store, socket
+//!   activation) that restarts the daemon with its stored descriptors.
 //!
 //! Dependencies come from `tests/setup-deps.sh`; a missing one fails the test with a hint.
 
@@ -24,6 +26,7 @@ pub mod net;
 pub mod process;
 pub mod proxy;
 pub mod robust;
+pub mod service_manager;
 pub mod sshd;
 
 pub use haku::{

@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
@@ -12,6 +13,7 @@ pub use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::process::{self, LogBuffer, Process};
+use crate::service_manager;
 
 /// How long the daemon may take to bind its listeners.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,6 +128,7 @@ pub struct ProxyBuilder {
     listeners: usize,
     env: Vec<(OsString, OsString)>,
     default_args: bool,
+    passed: Vec<(OwnedFd, String)>,
 }
 
 impl ProxyBuilder {
@@ -167,6 +170,14 @@ impl ProxyBuilder {
     /// Sets an environment variable for the daemon.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the daemon socket-activated, as systemd would: `fds` as 3.., with
+    /// `LISTEN_FDS`, `LISTEN_FDNAMES` (their names) and `LISTEN_PID` (see
+    /// [`crate::service_manager`]).
+    pub fn passed_fds(mut self, fds: Vec<(OwnedFd, String)>) -> Self {
+        self.passed = fds;
         self
     }
 
@@ -225,10 +236,20 @@ impl ProxyBuilder {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        let mut _passed_copies = Vec::new();
+        if !self.passed.is_empty() {
+            let names: Vec<&str> = self.passed.iter().map(|(_, n)| n.as_str()).collect();
+            cmd.env("LISTEN_FDS", self.passed.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"));
+            cmd = service_manager::with_listen_pid(&cmd);
+            let fds: Vec<OwnedFd> = self.passed.into_iter().map(|(fd, _)| fd).collect();
+            _passed_copies = service_manager::pass_fds(&mut cmd, &fds)?;
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let process = Process::spawn("hakuriver-ssh-proxy", &mut cmd)?;
+        drop(_passed_copies);
         let stdout = LogBuffer::drain(
             process.take_stdout().ok_or_else(|| anyhow!("no stdout"))?,
             None,
@@ -326,6 +347,7 @@ impl Proxy {
             listeners: 1,
             env: Vec::new(),
             default_args: true,
+            passed: Vec::new(),
         }
     }
 
@@ -406,6 +428,11 @@ impl Proxy {
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// The daemon's process.
+    pub fn process(&self) -> &Process {
+        &self.process
     }
 
     /// Sends a signal (SIGTERM, SIGHUP, ...).

@@ -112,6 +112,22 @@ impl Admission {
         })
     }
 
+    /// Counts a tunnel adopted from the fd store, whatever the limits say: it is open
+    /// already, and refusing it would drop it.
+    pub(crate) fn adopt(state: &Arc<ProxyState>, ip: IpAddr) -> Slot {
+        let mut c = state
+            .admission
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *c.per_ip.entry(ip).or_insert(0) += 1;
+        c.total += 1;
+        Slot {
+            state: Arc::clone(state),
+            ip,
+        }
+    }
+
     fn release(&self, ip: IpAddr) {
         let mut c = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         c.total = c.total.saturating_sub(1);

@@ -16,9 +16,10 @@ use tracing::{info, warn};
 
 use crate::config::{self, DirectorySettings, Overrides, Settings};
 use crate::directory::TaskDirectory;
+use crate::fdstore::FdStore;
 use crate::listener::{self, Bound, Role};
 use crate::server::{self, Listener, ProxyState};
-use crate::{admin, logging, notify, tls};
+use crate::{admin, handover, logging, notify, tls};
 
 /// HakuRiver Host SSH proxy: routes `REQUEST_TUNNEL <task_id>` to the VPS container's sshd.
 ///
@@ -119,7 +120,19 @@ fn serve(settings: Settings, verbose: bool) -> Result<ExitCode> {
     one_malloc_arena();
     logging::init(settings.log_format, verbose);
     // Before the runtime starts threads: this unsets the LISTEN_* variables.
-    let sockets = match listener::from_systemd()? {
+    let passed = listener::from_systemd()?;
+    let store = FdStore::from_env(settings.fd_store);
+    if store.is_enabled() {
+        info!(
+            capacity = store.capacity().map(tracing::field::display),
+            "plain tunnels are kept in systemd's fd store across restarts"
+        );
+    }
+    let adopted = handover::adopt_all(&store, passed.stored);
+    if !adopted.is_empty() {
+        info!("adopted {} tunnels from the fd store", adopted.len());
+    }
+    let sockets = match passed.listeners {
         Some(sockets) => {
             info!(count = sockets.len(), "using sockets passed by systemd");
             sockets
@@ -140,7 +153,7 @@ fn serve(settings: Settings, verbose: bool) -> Result<ExitCode> {
     } else {
         None
     };
-    runtime()?.block_on(run(settings, sockets, serving_cert))?;
+    runtime()?.block_on(run(settings, sockets, serving_cert, store, adopted))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -148,6 +161,8 @@ async fn run(
     settings: Settings,
     sockets: Vec<Bound>,
     serving_cert: Option<tls::ServingCert>,
+    store: FdStore,
+    adopted: Vec<handover::Adopted>,
 ) -> Result<()> {
     // Before anyone can learn we listen: a SIGTERM right after READY=1 must drain, not kill.
     let signals = Signals::install().context("cannot install signal handlers")?;
@@ -202,7 +217,8 @@ async fn run(
     let state = Arc::new(
         ProxyState::new(directory, settings.timeouts, settings.limits)
             .with_access(settings.access)
-            .with_trusted_proxies(settings.trusted_proxies.clone()),
+            .with_trusted_proxies(settings.trusted_proxies.clone())
+            .with_fd_store(store),
     );
     let shutdown = CancellationToken::new();
     let reporting = CancellationToken::new();
@@ -222,13 +238,22 @@ async fn run(
     ));
     notify::ready(&state.stats.summary());
 
-    let cut = server::serve(
+    let cut = server::serve_adopting(
         listeners,
+        adopted,
         Arc::clone(&state),
         shutdown,
         settings.shutdown_grace,
     )
     .await;
+    if state.handing_over() {
+        let kept = state.handed_over();
+        info!(
+            tunnels = kept,
+            "handed open tunnels over to the next start (fd store)"
+        );
+        notify::stopping(&format!("handed over {kept} tunnels"));
+    }
     reporting.cancel();
     admin_stop.cancel();
     let _ = admin.await;
@@ -282,8 +307,18 @@ async fn handle_signals(
                 continue;
             }
         };
-        info!(signal = name, "shutting down: no new connections");
-        notify::stopping(&format!("draining: {}", state.stats.summary()));
+        if state.fd_store().is_enabled() {
+            // A restart (or the stop that ends every tunnel with the store): kept
+            // tunnels wait in the fd store, nothing drains.
+            info!(
+                signal = name,
+                "shutting down: no new connections; tunnels stay in the fd store"
+            );
+            state.hand_over();
+        } else {
+            info!(signal = name, "shutting down: no new connections");
+            notify::stopping(&format!("draining: {}", state.stats.summary()));
+        }
         shutdown.cancel();
         return;
     }

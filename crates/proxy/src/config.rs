@@ -196,6 +196,7 @@ struct ProxySection {
     shutdown_grace_secs: Option<Seconds>,
     idle_timeout_secs: Option<Seconds>,
     log_format: Option<LogFormat>,
+    fd_store: Option<FdStoreMode>,
     state_dir: Option<PathBuf>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
@@ -283,6 +284,22 @@ pub enum LogFormat {
     Journald,
 }
 
+/// Whether open plain tunnels are kept in systemd's file-descriptor store, so they
+/// survive a restart or crash of the daemon (`[ssh_proxy] fd_store`, `--fd-store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FdStoreMode {
+    /// On when systemd says the unit has a store: `$FDSTORE` > 0 (systemd 254 and
+    /// later set it from `FileDescriptorStoreMax=`) and `NOTIFY_SOCKET` set.
+    #[default]
+    Auto,
+    /// On whenever `NOTIFY_SOCKET` is set (older systemd, such as Debian 12's 252,
+    /// does not set `$FDSTORE`: the unit must have `FileDescriptorStoreMax=`).
+    On,
+    /// Never: SIGTERM drains open tunnels for the grace period.
+    Off,
+}
+
 /// Command-line values that override the file: declared once here and flattened into
 /// the CLI (`cli::GlobalArgs`), so every flag applies to every command.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -320,6 +337,9 @@ pub struct Overrides {
     /// Log output [default: auto: journald under systemd, else text]
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Keep open plain tunnels in systemd's fd store across restarts [default: auto: on when $FDSTORE > 0]
+    #[arg(long, global = true, value_enum, value_name = "MODE")]
+    pub fd_store: Option<FdStoreMode>,
     /// Serve /metrics, /healthz and /readyz on ADDR:PORT (repeatable; loopback unless
     /// [ssh_proxy.admin] allow_remote = true)
     #[arg(long, global = true, value_name = "ADDR:PORT")]
@@ -531,6 +551,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Log output.
     pub log_format: LogFormat,
+    /// Whether open plain tunnels go to systemd's fd store.
+    pub fd_store: FdStoreMode,
     /// TLS certificate source (used when any listener speaks TLS): PEM files, or the
     /// self-signed certificate in the state directory.
     pub cert: CertSource,
@@ -768,6 +790,7 @@ fn resolve(
         timeouts,
         shutdown_grace: p.shutdown_grace_secs.map_or(SHUTDOWN_GRACE, |s| s.0),
         log_format: o.log_format.or(p.log_format).unwrap_or_default(),
+        fd_store: o.fd_store.or(p.fd_store).unwrap_or_default(),
         cert,
         limits,
         access: Access {
@@ -934,6 +957,7 @@ additional_mounts = []
         assert_eq!(s.timeouts.connect, CONNECT_TIMEOUT);
         assert_eq!(s.timeouts.idle, None);
         assert_eq!(s.log_format, LogFormat::Auto);
+        assert_eq!(s.fd_store, FdStoreMode::Auto);
     }
 
     #[test]
@@ -981,6 +1005,7 @@ connect_timeout_secs = 2
 shutdown_grace_secs = 0
 idle_timeout_secs = 3600
 log_format = "json"
+fd_store = "on"
 max_connections = 10
 max_connections_per_ip = 2
 lookups_per_minute_per_ip = 0
@@ -1011,6 +1036,7 @@ key_file = "/etc/k.pem"
         assert_eq!(s.timeouts.idle, Some(Duration::from_secs(3600)));
         assert_eq!(s.shutdown_grace, Duration::ZERO);
         assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.fd_store, FdStoreMode::On);
         assert_eq!(s.limits.max_connections, 10);
         assert_eq!(s.limits.lookups_per_minute_per_ip, 0);
         let allowed = |ip: &str| {

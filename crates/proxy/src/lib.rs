@@ -9,7 +9,12 @@
 //! # Layout
 //! - [`config`]: HakuRiver's Host `config.toml` plus our `[ssh_proxy]` section, resolved
 //!   with command-line overrides into [`config::Settings`].
-//! - `listener`: binding the configured addresses, or adopting systemd's sockets.
+//! - `listener`: binding the configured addresses, or adopting systemd's sockets (and
+//!   the fd-store entries passed with them).
+//! - [`fdstore`]: systemd's file-descriptor store: names, groups, store/remove
+//!   messages, memfd state records.
+//! - `handover`: plain tunnels in the fd store: kept at setup, adopted at start,
+//!   handed over at SIGTERM.
 //! - [`directory`]: [`directory::TaskDirectory`], read-only lookups in HakuRiver's or
 //!   KohakuRiver's DB (schema detected per file), and KohakuRiver 1.0's users, tokens and
 //!   per-VPS access rule.
@@ -34,6 +39,8 @@ pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod fdstore;
+mod handover;
 mod handshake;
 pub(crate) mod listener;
 pub(crate) mod logging;

@@ -3,7 +3,8 @@
 //! Under socket activation systemd passes the sockets as fds 3.. with `LISTEN_FDS`,
 //! `LISTEN_PID` and `LISTEN_FDNAMES`. A socket named `tls` speaks TLS, one named `admin`
 //! serves the admin HTTP endpoints; any other name (`plain`, systemd's default
-//! `unknown`, the unit name) speaks the plain protocol.
+//! `unknown`, the unit name) speaks the plain protocol. Entries of the fd store come in
+//! `LISTEN_FDS` too; their names (`t7.client`, see [`crate::fdstore`]) set them apart.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -11,6 +12,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::ListenSpec;
+use crate::fdstore::{self, StoredGroup};
 
 /// Why the listening sockets could not be set up; `Display` is the whole one-line text.
 #[derive(Debug, thiserror::Error)]
@@ -168,31 +170,52 @@ fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
     Ok(socket.into())
 }
 
-/// The sockets systemd passed, or `None` when not socket-activated. Must run before any
-/// other thread starts: it unsets the `LISTEN_*` variables.
-pub fn from_systemd() -> Result<Option<Vec<Bound>>, ListenError> {
+/// What systemd passed in `LISTEN_FDS`.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// The listening sockets; `None` when not socket-activated (no fd, or only
+    /// fd-store entries: bind from the config then).
+    pub listeners: Option<Vec<Bound>>,
+    /// The fd-store entries (names [`crate::fdstore::parse_name`] knows), grouped; not
+    /// checked yet.
+    pub stored: Vec<StoredGroup>,
+}
+
+/// The sockets systemd passed (`None` when not socket-activated) and the fd-store
+/// entries passed with them. Must run before any other thread starts: it unsets the
+/// `LISTEN_*` variables.
+pub fn from_systemd() -> Result<Passed, ListenError> {
     check_passed_fds()?;
     let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names(true)
         .map_err(ListenError::Environment)?
         .collect();
-    if fds.is_empty() {
-        return Ok(None);
-    }
-    fds.into_iter()
-        .map(|(fd, name)| {
-            let socket = match adopt(fd) {
-                Ok(socket) => socket,
+    let mut entries = Vec::new();
+    let mut sockets = Vec::new();
+    for (fd, name) in fds {
+        if fdstore::parse_name(&name).is_some() {
+            // Checked per group by whoever knows the kind; ownership taken here.
+            match take_fd(fd) {
+                Ok(owned) => entries.push((name, owned)),
                 Err(reason) => return Err(ListenError::Adopt { fd, name, reason }),
-            };
-            let role = match name.as_str() {
-                TLS_FD_NAME => Role::Tls,
-                ADMIN_FD_NAME => Role::Admin,
-                _ => Role::Plain,
-            };
-            Ok(Bound { socket, role })
-        })
-        .collect::<Result<Vec<_>, ListenError>>()
-        .map(Some)
+            }
+            continue;
+        }
+        let socket = match adopt(fd) {
+            Ok(socket) => socket,
+            Err(reason) => return Err(ListenError::Adopt { fd, name, reason }),
+        };
+        let role = match name.as_str() {
+            TLS_FD_NAME => Role::Tls,
+            ADMIN_FD_NAME => Role::Admin,
+            _ => Role::Plain,
+        };
+        sockets.push(Bound { socket, role });
+    }
+    let (_, stored) = fdstore::group(entries);
+    Ok(Passed {
+        listeners: (!sockets.is_empty()).then_some(sockets),
+        stored,
+    })
 }
 
 /// Names the first fd systemd claims to pass that is not open, before sd_notify's

@@ -244,6 +244,11 @@ impl Metrics {
         self.setup.observe(setup.as_secs_f64());
     }
 
+    /// A tunnel adopted from the fd store is open again (opened by an earlier process).
+    pub(crate) fn tunnel_adopted(&self, transport: Transport) {
+        self.open_tunnels[transport.index()].inc();
+    }
+
     pub(crate) fn tunnel_closed(&self, transport: Transport, up: u64, down: u64) {
         self.open_tunnels[transport.index()].dec();
         self.bytes_up.inc_by(up);

@@ -5,6 +5,10 @@
 //! connect each run under their own timeout (`handshake`). Shutdown stops the
 //! accept loops first, then lets open tunnels drain for the grace period, then cuts what
 //! is left.
+//!
+//! With systemd's fd store on (`crate::handover`), plain tunnels are relayed over their
+//! own pipes and kept in the store; a SIGTERM then hands them over instead: the relays
+//! stop at once, their records are rewritten, and the next process adopts them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,12 +20,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Slot};
 use crate::config::{Access, Cidr, Limits, Timeouts};
 use crate::directory::TaskDirectory;
 use crate::error::Refusal;
+use crate::fdstore::FdStore;
+use crate::handover::{self, Adopted, OwnPipesTunnel, TunnelRecord};
 use crate::handshake::{open_tunnel, write_refusal, Established, REFUSAL_LINGER};
 use crate::metrics::{Metrics, TlsFailure, Transport};
 use crate::proxy_protocol::read_header;
@@ -29,6 +35,10 @@ use crate::proxy_protocol::read_header;
 /// Pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS) so the loop does not spin
 /// while the process is out of descriptors.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether the fd store's "full" warning was logged (once per process: every tunnel
+/// after it would repeat it).
+static STORE_FULL_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// What a listener's connections speak first.
 #[derive(Clone)]
@@ -115,6 +125,14 @@ impl Stats {
         self.changed.notify_one();
     }
 
+    /// A tunnel adopted from the fd store relays again (it was counted as opened by the
+    /// process that opened it).
+    pub(crate) fn tunnel_adopted(&self, transport: Transport) {
+        self.open_tunnels.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tunnel_adopted(transport);
+        self.changed.notify_one();
+    }
+
     /// A relaying tunnel ended (closed, failed or cut) after relaying `up` bytes from
     /// the client and `down` bytes to it.
     pub(crate) fn tunnel_closed(&self, transport: Transport, up: u64, down: u64) {
@@ -181,6 +199,9 @@ pub struct ProxyState {
     pub(crate) admission: Admission,
     draining: AtomicBool,
     trusted_proxies: Vec<Cidr>,
+    fd_store: FdStore,
+    handing_over: AtomicBool,
+    handed_over: AtomicU64,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -203,7 +224,37 @@ impl ProxyState {
             admission: Admission::new(limits),
             draining: AtomicBool::new(false),
             trusted_proxies: Vec::new(),
+            fd_store: FdStore::disabled(),
+            handing_over: AtomicBool::new(false),
+            handed_over: AtomicU64::new(0),
         }
+    }
+
+    /// The same state with this fd store (plain tunnels kept in it when it is on).
+    pub fn with_fd_store(mut self, store: FdStore) -> Self {
+        self.fd_store = store;
+        self
+    }
+
+    /// systemd's fd store, for anything else that keeps descriptors across restarts.
+    pub fn fd_store(&self) -> &FdStore {
+        &self.fd_store
+    }
+
+    /// Makes the coming shutdown a handover: no drain, relays stop at once, kept tunnels
+    /// stay in the fd store for the next process. Call before cancelling `serve`.
+    pub fn hand_over(&self) {
+        self.handing_over.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether shutdown is a handover (see [`ProxyState::hand_over`]).
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Relaxed)
+    }
+
+    /// Tunnels left in the fd store for the next process by this one's handover.
+    pub fn handed_over(&self) -> u64 {
+        self.handed_over.load(Ordering::Relaxed)
     }
 
     /// The same state with these access settings (auth mode, listing).
@@ -236,8 +287,21 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> usize {
+    serve_adopting(listeners, Vec::new(), state, shutdown, grace).await
+}
+
+/// [`serve`], relaying `adopted` tunnels (from the fd store) from the start. A shutdown
+/// after [`ProxyState::hand_over`] cuts everything at once instead of draining.
+pub(crate) async fn serve_adopting(
+    listeners: Vec<Listener>,
+    adopted: Vec<Adopted>,
+    state: Arc<ProxyState>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> usize {
     let tracker = TaskTracker::new();
     let force = CancellationToken::new();
+    resume(&state, adopted, &tracker, &force);
     for listener in &listeners {
         // Accepted sockets inherit these from the listener: no per-connection calls.
         if let Err(e) = tune_tcp(&listener.tcp) {
@@ -262,6 +326,13 @@ pub async fn serve(
     }
     state.draining.store(true, Ordering::Relaxed);
     tracker.close();
+    if state.handing_over() {
+        // Nothing to wait for: kept tunnels' bytes in flight are in their pipes, and a
+        // restart must not keep new connections waiting.
+        force.cancel();
+        tracker.wait().await;
+        return 0;
+    }
     let open = state.stats.open_tunnels();
     if !tracker.is_empty() {
         info!(
@@ -281,6 +352,103 @@ pub async fn serve(
     force.cancel();
     tracker.wait().await;
     cut
+}
+
+/// Relays tunnels adopted from the fd store, each in a task of its own; they count in
+/// the limits and `open_tunnels` as any other.
+fn resume(
+    state: &Arc<ProxyState>,
+    adopted: Vec<Adopted>,
+    tracker: &TaskTracker,
+    force: &CancellationToken,
+) {
+    for tunnel in adopted {
+        let peer = tunnel.record.peer;
+        let tunnel = match tunnel.into_tunnel() {
+            Ok(tunnel) => tunnel,
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "cannot register an adopted tunnel");
+                continue;
+            }
+        };
+        let slot = Admission::adopt(state, peer.ip());
+        state.stats.tunnel_adopted(Transport::Plain);
+        tracker.spawn(relay_own_pipes(slot, tunnel, force.clone()));
+    }
+}
+
+/// Relays a plain tunnel over its own pipes until it ends (then removes it from the fd
+/// store) or shutdown cuts it (then, in a handover, leaves it there with its counts
+/// written to its record), and logs how it went with the counts of its whole life.
+async fn relay_own_pipes(slot: Slot, mut tunnel: OwnPipesTunnel, force: CancellationToken) {
+    let state = slot.state();
+    let outcome = {
+        let options = relay::RelayOptions {
+            idle_timeout: state.timeouts.idle,
+        };
+        let relayed = relay::tunnel_spliced(
+            &mut tunnel.client,
+            &mut tunnel.runner,
+            &mut tunnel.pipes,
+            options,
+        );
+        tokio::select! {
+            outcome = relayed => Some(outcome),
+            () = force.cancelled() => None,
+        }
+    };
+    let moved = tunnel.pipes.moved();
+    state
+        .stats
+        .tunnel_closed(Transport::Plain, moved.a_to_b, moved.b_to_a);
+    let record = &mut tunnel.record;
+    record.bytes_up += moved.a_to_b;
+    record.bytes_down += moved.b_to_a;
+    let duration_ms = handover::now_unix_ms().saturating_sub(record.started_unix_ms);
+    let (task_id, peer, runner) = (&record.task_id, record.peer, &record.runner);
+    let user = record.user.as_deref().map(tracing::field::display);
+    if outcome.is_none() && state.handing_over() {
+        if let Some(kept) = &tunnel.kept {
+            record.handovers += 1;
+            match kept.state.write(&*record) {
+                Ok(()) => {
+                    state.handed_over.fetch_add(1, Ordering::Relaxed);
+                    debug!(task_id = %record.task_id, peer = %record.peer, group = %kept.id, bytes_up = record.bytes_up, bytes_down = record.bytes_down, "tunnel handed over to the next start");
+                }
+                // The tunnel survives; only its counts start again from the last write.
+                Err(e) => {
+                    warn!(task_id = %record.task_id, error = %e, "cannot write a kept tunnel's record")
+                }
+            }
+            return;
+        }
+    }
+    if let Some(kept) = &tunnel.kept {
+        handover::forget(&state.fd_store, kept);
+    }
+    match outcome {
+        Some(outcome) => {
+            let end = match &outcome.result {
+                Ok(()) => "closed".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            info!(
+                task_id = %task_id,
+                peer = %peer,
+                runner = %runner,
+                user,
+                bytes_up = record.bytes_up,
+                bytes_down = record.bytes_down,
+                duration_ms,
+                handovers = record.handovers,
+                end = %end,
+                "tunnel closed"
+            );
+        }
+        None => {
+            info!(task_id = %task_id, peer = %peer, runner = %runner, user, duration_ms, "tunnel cut at shutdown")
+        }
+    }
 }
 
 async fn accept_loop(
@@ -438,7 +606,11 @@ impl Connection {
                     () = self.force.cancelled() => return,
                 };
                 if let Some(established) = established {
-                    self.relay(established);
+                    if self.slot.state().fd_store.is_enabled() {
+                        self.relay_kept(established);
+                    } else {
+                        self.relay(established);
+                    }
                 }
             }
             // Boxed: the TLS path's state is several times the plain one's.
@@ -474,6 +646,71 @@ impl Connection {
         if let Some(established) = established {
             self.relay(established);
         }
+    }
+
+    /// Relays an established plain tunnel over its own pipes, kept in the fd store (see
+    /// `crate::handover`), in a task of its own. Without pipes it takes the pooled path
+    /// (and will not survive a restart); a store that refuses it only means the same.
+    fn relay_kept(self, established: Established<TcpStream>) {
+        let state = self.slot.state();
+        let Some(id) = handover::claim(&state.fd_store) else {
+            if !STORE_FULL_WARNED.swap(true, Ordering::Relaxed) {
+                warn!(
+                    capacity = state.fd_store.capacity().map(tracing::field::display),
+                    "the fd store is full: new tunnels will not survive a restart until some close"
+                );
+            }
+            return self.relay(established);
+        };
+        let mut pipes = match relay::TunnelPipes::new() {
+            Ok(pipes) => pipes,
+            Err(e) => {
+                state.fd_store.unclaim(id, &handover::PARTS);
+                warn!(task_id = %established.task_id, error = %e, "no pipes for the fd store; this tunnel will not survive a restart");
+                return self.relay(established);
+            }
+        };
+        // Pipelined bytes go first into the pipe: nothing of the tunnel lives in memory.
+        // (They are at most a request buffer, far less than a pipe holds.)
+        if let Err(e) = pipes.preload(&established.pending) {
+            state.fd_store.unclaim(id, &handover::PARTS);
+            warn!(task_id = %established.task_id, error = %e, "cannot put pipelined bytes into the pipe; tunnel closed");
+            return;
+        }
+        let Established {
+            client,
+            runner,
+            task_id,
+            runner_addr,
+            user,
+            ..
+        } = established;
+        let record = TunnelRecord {
+            task_id: task_id.to_string(),
+            peer: self.arrival.peer,
+            runner: runner_addr,
+            bytes_up: 0,
+            bytes_down: 0,
+            started_unix_ms: handover::now_unix_ms(),
+            user: user.map(String::from),
+            handovers: 0,
+        };
+        let kept = match handover::keep(&state.fd_store, id, &client, &runner, &pipes, &record) {
+            Ok(kept) => Some(kept),
+            Err(e) => {
+                warn!(task_id = %task_id, error = %e, "cannot keep the tunnel in the fd store; it will not survive a restart");
+                None
+            }
+        };
+        let tunnel = OwnPipesTunnel {
+            client,
+            runner,
+            pipes,
+            record,
+            kept,
+        };
+        let tracker = self.tracker.clone();
+        tracker.spawn(relay_own_pipes(self.slot, tunnel, self.force));
     }
 
     /// Relays an established tunnel in a task of its own.

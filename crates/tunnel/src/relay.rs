@@ -17,6 +17,11 @@
 //! small shared pool when bytes arrive and gives them back as soon as a source has
 //! nothing more to read; [`relay_tcp`] moves bytes with splice(2) through pooled pipes.
 //! [`ReadAhead`] gives TLS sessions large socket reads the same way.
+//!
+//! [`tunnel_spliced`] is the splice engine over a tunnel's own [`TunnelPipes`] instead:
+//! every byte in flight then sits in a pipe the caller owns (and may keep in systemd's
+//! fd store), never in the relay, so a relay can be dropped at any point and resumed
+//! later, even by another process, without losing or repeating a byte.
 
 use std::future::Future;
 use std::io;
@@ -628,9 +633,170 @@ async fn splice_engine(
     }
 }
 
+/// A tunnel's own splice pipes, one per direction, for [`tunnel_spliced`].
+///
+/// Unlike the pooled pipes of [`relay_tcp`] they are held for the tunnel's whole life
+/// (four descriptors per tunnel, idle or not): bytes read from one socket and not yet
+/// written to the other stay in these pipes, in the kernel, when a relay is dropped.
+/// A relay started again over the same pipes (also in another process that got them
+/// from systemd's fd store) writes those bytes first. After a SIGKILL, too: splice(2)
+/// moves bytes socket → pipe and pipe → socket, each atomically, so at every instant a
+/// byte is in exactly one place.
+#[cfg(target_os = "linux")]
+pub struct TunnelPipes {
+    up: splice::Pipe,
+    down: splice::Pipe,
+    moved: RelayStats,
+}
+
+#[cfg(target_os = "linux")]
+impl std::fmt::Debug for TunnelPipes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelPipes")
+            .field("moved", &self.moved)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl TunnelPipes {
+    /// Two new non-blocking, close-on-exec pipes (sized like the pooled ones).
+    pub fn new() -> io::Result<Self> {
+        Ok(TunnelPipes {
+            up: splice::sys::pipe()?,
+            down: splice::sys::pipe()?,
+            moved: RelayStats::default(),
+        })
+    }
+
+    /// Pipes adopted from a previous relay: the read and write ends of the upward
+    /// (`a` → `b`) and downward pipes. Made non-blocking (the engine needs that).
+    pub fn from_fds(
+        up_read: std::os::fd::OwnedFd,
+        up_write: std::os::fd::OwnedFd,
+        down_read: std::os::fd::OwnedFd,
+        down_write: std::os::fd::OwnedFd,
+    ) -> io::Result<Self> {
+        let pipes = TunnelPipes {
+            up: splice::Pipe {
+                read: up_read,
+                write: up_write,
+            },
+            down: splice::Pipe {
+                read: down_read,
+                write: down_write,
+            },
+            moved: RelayStats::default(),
+        };
+        for fd in pipes.fds() {
+            splice::sys::set_nonblocking(fd)?;
+        }
+        Ok(pipes)
+    }
+
+    /// Puts `bytes` (what a client sent behind its request line, already read) into the
+    /// upward pipe, ahead of everything [`tunnel_spliced`] reads from `a`. Fails with
+    /// `WriteZero` if they do not all fit at once (the pipe is far larger than any
+    /// request buffer).
+    pub fn preload(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let n = rustix::io::write(&self.up.write, bytes)?;
+        if n == bytes.len() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("only {n} of {} pending bytes fit in the pipe", bytes.len()),
+            ))
+        }
+    }
+
+    /// The four ends: up read, up write, down read, down write.
+    pub fn fds(&self) -> [std::os::fd::BorrowedFd<'_>; 4] {
+        use std::os::fd::AsFd;
+        [
+            self.up.read.as_fd(),
+            self.up.write.as_fd(),
+            self.down.read.as_fd(),
+            self.down.write.as_fd(),
+        ]
+    }
+
+    /// Bytes waiting in the (upward, downward) pipe (FIONREAD).
+    pub fn buffered(&self) -> io::Result<(usize, usize)> {
+        Ok((splice::sys::fill(&self.up)?, splice::sys::fill(&self.down)?))
+    }
+
+    /// Bytes [`tunnel_spliced`] wrote out of these pipes so far (it keeps this up to date
+    /// while it runs, so it is right also after the relay was dropped midway).
+    pub fn moved(&self) -> RelayStats {
+        self.moved
+    }
+}
+
+/// The splice engine over a tunnel's own `pipes` (see [`TunnelPipes`]): first writes
+/// whatever the pipes hold (pending bytes put there by [`TunnelPipes::preload`], or bytes
+/// a previous relay left in flight), then relays `a` ⇄ `b` as [`relay_tcp`] does, with
+/// the idle timeout of `options`. Counts (also in [`TunnelPipes::moved`]) are bytes
+/// written out of the pipes by this call.
+///
+/// Dropping the future at any point loses nothing: the bytes in flight stay in the
+/// pipes. A direction whose EOF was already passed on sees EOF again when started
+/// anew, and its second write shutdown is harmless.
+#[cfg(target_os = "linux")]
+pub async fn tunnel_spliced(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    pipes: &mut TunnelPipes,
+    options: RelayOptions,
+) -> RelayOutcome {
+    {
+        let TunnelPipes { up, down, moved } = pipes;
+        *moved = RelayStats::default();
+        let directions = splice::Direction::owned(up)
+            .and_then(|up_dir| splice::Direction::owned(down).map(|down_dir| (up_dir, down_dir)));
+        let (mut up, mut down) = match directions {
+            Ok(directions) => directions,
+            Err(e) => {
+                return RelayOutcome {
+                    stats: RelayStats::default(),
+                    result: Err(e),
+                }
+            }
+        };
+        let mut turn = Turn::default();
+        let mut idle = options.idle_timeout.map(Idle::new);
+        let result = std::future::poll_fn(|cx| {
+            let polled = turn.poll_both(cx, |cx, upward| {
+                if upward {
+                    up.poll(cx, a, b)
+                } else {
+                    down.poll(cx, b, a)
+                }
+            });
+            *moved = RelayStats {
+                a_to_b: up.count,
+                b_to_a: down.count,
+            };
+            if polled.is_ready() {
+                return polled;
+            }
+            Idle::poll_option(&mut idle, cx, up.take_progress() | down.take_progress())
+        })
+        .await;
+        RelayOutcome {
+            stats: *moved,
+            result,
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod splice {
-    //! One direction of [`super::relay_tcp`], and the pipe pool.
+    //! One direction of [`super::relay_tcp`] and [`super::tunnel_spliced`], and the
+    //! pipe pool.
 
     use std::io;
     use std::net::Shutdown;
@@ -651,8 +817,8 @@ mod splice {
 
     /// A pipe's read and write ends. Only ever pooled when empty.
     pub struct Pipe {
-        read: OwnedFd,
-        write: OwnedFd,
+        pub(crate) read: OwnedFd,
+        pub(crate) write: OwnedFd,
     }
 
     impl Pipe {
@@ -672,14 +838,40 @@ mod splice {
         }
     }
 
+    /// The pipe a direction moves bytes through.
+    enum Held<'p> {
+        /// From the pool, held only while bytes are in flight; a pipe with bytes in it
+        /// is never pooled.
+        Pooled(Option<Pipe>),
+        /// The tunnel's own, held for its whole life ([`super::TunnelPipes`]).
+        Own(&'p Pipe),
+    }
+
+    impl Held<'_> {
+        fn pipe(&self) -> Option<&Pipe> {
+            match self {
+                Held::Pooled(pipe) => pipe.as_ref(),
+                Held::Own(pipe) => Some(pipe),
+            }
+        }
+
+        /// Pools a pooled pipe (only ever called when it is empty).
+        fn release(&mut self) {
+            if let Held::Pooled(pipe) = self {
+                if let Some(p) = pipe.take() {
+                    p.give_back();
+                }
+            }
+        }
+    }
+
     /// One direction, `src` → `dst`: pending bytes first, then splice until `src` reaches
     /// EOF, then a write shutdown of `dst`.
     pub struct Direction<'p> {
         /// Bytes still to write before anything read from `src`.
         pending: &'p [u8],
-        /// Held only while bytes are in flight; a pipe with bytes in it is never pooled.
-        pipe: Option<Pipe>,
-        /// Bytes in `pipe` not yet written to `dst`.
+        pipe: Held<'p>,
+        /// Bytes in the pipe not yet written to `dst`.
         in_pipe: usize,
         /// Bytes written to `dst`.
         pub count: u64,
@@ -692,12 +884,24 @@ mod splice {
         pub fn new(pending: &'p [u8]) -> Self {
             Direction {
                 pending,
-                pipe: None,
+                pipe: Held::Pooled(None),
                 in_pipe: 0,
                 count: 0,
                 progressed: false,
                 done: false,
             }
+        }
+
+        /// A direction through the tunnel's own `pipe`, starting with what it holds.
+        pub fn owned(pipe: &'p Pipe) -> io::Result<Self> {
+            Ok(Direction {
+                pending: &[],
+                in_pipe: sys::fill(pipe)?,
+                pipe: Held::Own(pipe),
+                count: 0,
+                progressed: false,
+                done: false,
+            })
         }
 
         /// Whether bytes moved since the last call (what the idle timeout watches).
@@ -731,7 +935,7 @@ mod splice {
             loop {
                 while self.in_pipe > 0 {
                     ready!(dst.poll_write_ready(cx))?;
-                    let Some(p) = &self.pipe else {
+                    let Some(p) = self.pipe.pipe() else {
                         unreachable!("bytes in flight without a pipe")
                     };
                     match dst.try_io(Interest::WRITABLE, || {
@@ -747,24 +951,23 @@ mod splice {
                         Err(e) => return Poll::Ready(Err(e)),
                     }
                 }
-                if self.pipe.is_none() {
+                if let Held::Pooled(pipe @ None) = &mut self.pipe {
                     // Wait for bytes without holding a pipe: idle tunnels cost no descriptors.
                     ready!(src.poll_read_ready(cx))?;
-                    self.pipe = Some(Pipe::take()?);
+                    *pipe = Some(Pipe::take()?);
                 }
-                let Some(p) = &self.pipe else {
+                let Some(p) = self.pipe.pipe() else {
                     unreachable!("a pipe was just taken")
                 };
                 match src.try_io(Interest::READABLE, || {
                     sys::splice(src.as_fd(), p.write.as_fd(), PIPE_SIZE)
                 }) {
                     Ok(0) => {
-                        if let Some(p) = self.pipe.take() {
-                            p.give_back();
-                        }
+                        self.pipe.release();
                         self.done = true;
                         return Poll::Ready(match SockRef::from(dst).shutdown(Shutdown::Write) {
-                            // The peer closed its socket already: nothing left to tell it.
+                            // The peer closed its socket already (or this is a restarted
+                            // relay passing the same EOF on again): nothing to tell it.
                             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
                             other => other,
                         });
@@ -773,19 +976,19 @@ mod splice {
                         self.in_pipe = n;
                         self.progressed = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.pipe {
                         // Drained for now: the pipe is empty, pool it before waiting again.
-                        if let Some(p) = self.pipe.take() {
-                            p.give_back();
-                        }
-                    }
+                        Held::Pooled(_) => self.pipe.release(),
+                        // Our own pipe stays; wait for the socket (registers the waker).
+                        Held::Own(_) => ready!(src.poll_read_ready(cx))?,
+                    },
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             }
         }
     }
 
-    mod sys {
+    pub(super) mod sys {
         //! The pipe and splice(2) calls std and tokio do not wrap, through rustix's safe
         //! wrappers.
 
@@ -799,6 +1002,21 @@ mod splice {
             // Failure only leaves the default size.
             let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
             Ok(Pipe { read, write })
+        }
+
+        /// Bytes waiting in `pipe` (FIONREAD on its read end).
+        pub fn fill(pipe: &Pipe) -> io::Result<usize> {
+            let n = rustix::io::ioctl_fionread(&pipe.read)?;
+            usize::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+        }
+
+        /// Sets `O_NONBLOCK` on an adopted pipe end.
+        pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+            let flags = rustix::fs::fcntl_getfl(fd)?;
+            if !flags.contains(rustix::fs::OFlags::NONBLOCK) {
+                rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+            }
+            Ok(())
         }
 
         /// `splice(from, NULL, to, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)`: bytes moved,
@@ -1010,6 +1228,110 @@ mod tests {
                 b_to_a: 2_000_000
             }
         );
+    }
+
+    /// A relay over the tunnel's own pipes, dropped midway and started again over the
+    /// same pipes taken apart and put back together (as the next process adopts them from
+    /// the fd store): every byte arrives once and in order, counts add up, and the EOF
+    /// already passed on in one direction is passed on again harmlessly.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn spliced_tunnel_resumes_over_its_own_pipes() {
+        use std::os::fd::OwnedFd;
+        let (client, mut proxy_a) = tcp_pair().await;
+        let (mut proxy_b, runner) = tcp_pair().await;
+        let mut pipes = TunnelPipes::new().expect("pipes");
+        pipes.preload(b"pipelined").expect("preload");
+        assert_eq!(pipes.buffered().expect("fill"), (9, 0));
+        let up: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut client_r, mut client_w) = client.into_split();
+        let (mut runner_r, mut runner_w) = runner.into_split();
+        // The runner answers at once and closes its side: that direction's EOF is passed
+        // on before the relay is dropped.
+        runner_w.write_all(b"banner").await.expect("write");
+        runner_w.shutdown().await.expect("shutdown");
+        // The second half is written (and the client's side closed) only once the first
+        // relay is gone, so that relay cannot finish on its own.
+        let (second_half, go) = tokio::sync::oneshot::channel::<()>();
+        let writer = {
+            let up = up.clone();
+            tokio::spawn(async move {
+                client_w
+                    .write_all(&up[..2_000_000])
+                    .await
+                    .expect("write up");
+                let _ = go.await;
+                client_w
+                    .write_all(&up[2_000_000..])
+                    .await
+                    .expect("write up");
+                client_w.shutdown().await.expect("shutdown");
+                client_w
+            })
+        };
+        // Stop the first relay once the runner has read 1 MB, while the rest is in flight.
+        let mut got = vec![0u8; 1_000_009];
+        let first = {
+            let relayed = tunnel_spliced(
+                &mut proxy_a,
+                &mut proxy_b,
+                &mut pipes,
+                RelayOptions::default(),
+            );
+            let reading = runner_r.read_exact(&mut got);
+            tokio::pin!(relayed);
+            tokio::select! {
+                read = reading => { read.expect("read"); None }
+                outcome = &mut relayed => Some(outcome),
+            }
+        };
+        assert!(first.is_none(), "relay ended early: {first:?}");
+        let moved = pipes.moved();
+        assert!(moved.a_to_b >= 1_000_009, "{moved:?}");
+        let mut banner = [0u8; 6];
+        tokio::time::timeout(WAIT, client_r.read_exact(&mut banner))
+            .await
+            .expect("banner in time")
+            .expect("read");
+        assert_eq!(&banner, b"banner");
+        // Taken apart and adopted again, as after a restart.
+        let [ur, uw, dr, dw] = pipes.fds().map(|fd| fd.try_clone_to_owned().expect("dup"));
+        drop(pipes);
+        let mut pipes = TunnelPipes::from_fds(ur, uw, dr, dw).expect("adopt");
+        let _ = second_half.send(());
+        let relay_task = tokio::spawn(async move {
+            let outcome = tunnel_spliced(
+                &mut proxy_a,
+                &mut proxy_b,
+                &mut pipes,
+                RelayOptions::default(),
+            )
+            .await;
+            (outcome, OwnedFd::from(proxy_a.into_std().expect("std")))
+        });
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, runner_r.read_to_end(&mut rest))
+            .await
+            .expect("runner saw EOF")
+            .expect("read");
+        got.extend_from_slice(&rest);
+        assert_eq!(&got[..9], b"pipelined");
+        assert!(got[9..] == up[..], "upstream bytes differ");
+        let (outcome, _) = tokio::time::timeout(WAIT, relay_task)
+            .await
+            .expect("relay done")
+            .expect("join");
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+        assert_eq!(moved.a_to_b + outcome.stats.a_to_b, 4_000_009);
+        assert_eq!(moved.b_to_a + outcome.stats.b_to_a, 6);
+        // The client sees the runner's EOF (passed on twice) and nothing more.
+        let mut tail = Vec::new();
+        tokio::time::timeout(WAIT, client_r.read_to_end(&mut tail))
+            .await
+            .expect("client saw EOF")
+            .expect("read");
+        assert!(tail.is_empty());
+        let _ = writer.await;
     }
 
     #[cfg(target_os = "linux")]
