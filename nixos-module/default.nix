@@ -397,7 +397,24 @@ in
                   type = types.nullOr types.ints.positive;
                   default = null;
                   example = 10000;
-                  description = "Concurrent connections (daemon default 10000). Raises `LimitNOFILE=` to match.";
+                  description = "Concurrent connections (daemon default 10000). Raises `LimitNOFILE=` and `FileDescriptorStoreMax=` (7 per tunnel) to match.";
+                };
+                fd_store = mkOption {
+                  type = types.nullOr (
+                    types.enum [
+                      "auto"
+                      "on"
+                      "off"
+                    ]
+                  );
+                  default = null;
+                  description = ''
+                    Keep open plain tunnels in systemd's file-descriptor store, so a restart or
+                    crash of the daemon drops none (daemon default `auto`: on when systemd sets
+                    `$FDSTORE`, which it does from the unit's `FileDescriptorStoreMax=` since
+                    systemd 254). `off` also sets `FileDescriptorStoreMax=0`; SIGTERM then
+                    drains open tunnels for `shutdown_grace_secs`.
+                  '';
                 };
                 max_connections_per_ip = mkOption {
                   type = types.nullOr types.ints.positive;
@@ -586,6 +603,14 @@ in
                 grace = cfg.settings.ssh_proxy.shutdown_grace_secs;
               in
               "${toString ((if grace == null then 30 else builtins.ceil grace) + 15)}s";
+            # systemd's fd store keeps open plain tunnels across restarts: 7 descriptors a
+            # tunnel (two sockets, two pipes, a memfd record). A restart hands them over at
+            # once; `systemctl stop` ends them (the store is closed).
+            FileDescriptorStoreMax =
+              let
+                max = cfg.settings.ssh_proxy.max_connections;
+              in
+              if cfg.settings.ssh_proxy.fd_store == "off" then 0 else 7 * (if max == null then 10000 else max);
             # Two descriptors per tunnel.
             LimitNOFILE =
               let

@@ -105,6 +105,8 @@ in
           (check (!(s.serviceConfig ? LoadCredential)) "no credentials without TLS files")
           (check (s.serviceConfig.TimeoutStopSec == "45s") "stop timeout = default grace 30 s + 15 s")
           (check (s.serviceConfig.LimitNOFILE == 65536) "LimitNOFILE")
+          (check (s.serviceConfig.FileDescriptorStoreMax == 70000) "fd store: 7 per tunnel x default max_connections")
+          (check (!(s.serviceConfig ? FileDescriptorStorePreserve)) "no FileDescriptorStorePreserve: stop ends tunnels")
           (check (config.networking.firewall.allowedTCPPorts == [ ]) "firewall closed by default")
           (check (
             config.environment.etc."hakuriver-ssh-proxy/config.toml".source.value == {
@@ -155,6 +157,7 @@ in
           (check (!(v.ssh_proxy ? request_timeout_secs)) "unset keys left to the daemon")
           (check ((sc config).TimeoutStopSec == "18s") "stop timeout follows grace (ceil 2.5 + 15)")
           (check ((sc config).LimitNOFILE == 101024) "LimitNOFILE follows max_connections")
+          (check ((sc config).FileDescriptorStoreMax == 350000) "FileDescriptorStoreMax follows max_connections")
           (check (
             (sc config).BindReadOnlyPaths == [ "/srv/hakuriver" ]
           ) "bind follows database.db_file")
@@ -314,6 +317,41 @@ in
           (check ((sc config).SupplementaryGroups == [ "hakuriver" ]) "supplementary DB group")
           (check ((sc config).PrivateUsers == false) "PrivateUsers off with a supplementary group")
           (check ((sc config).BindReadOnlyPaths == [ "/root/.hakuriver:/var/lib/hakuriver" ]) "custom bind")
+        ];
+    };
+
+    fd-store-off = {
+      modules = [
+        enable
+        { services.hakuriver.sshProxy.settings.ssh_proxy.fd_store = "off"; }
+      ];
+      checks =
+        { config, ... }:
+        [
+          (check ((sc config).FileDescriptorStoreMax == 0) "no fd store when it is off")
+          (check (
+            config.environment.etc."hakuriver-ssh-proxy/config.toml".source.value.ssh_proxy.fd_store == "off"
+          ) "fd_store rendered")
+        ];
+    };
+
+    fd-store-on = {
+      modules = [
+        enable
+        {
+          services.hakuriver.sshProxy.settings.ssh_proxy = {
+            fd_store = "on";
+            max_connections = 20;
+          };
+        }
+      ];
+      checks =
+        { config, ... }:
+        [
+          (check ((sc config).FileDescriptorStoreMax == 140) "7 x max_connections")
+          (check (
+            config.environment.etc."hakuriver-ssh-proxy/config.toml".source.value.ssh_proxy.fd_store == "on"
+          ) "fd_store rendered")
         ];
     };
 
