@@ -12,7 +12,7 @@
 #  2. systemd-analyze verify of the shipped units by tests/systemd/verify-units.sh,
 #     run inside the container.
 #  3. Socket activation of the shipped hakuriver-ssh-proxy.socket, published on a free
-#     127.0.0.1 port; an ssh upload (100 MB, `cat > file`, sha256 checked) from this host
+#     127.0.0.1 port; an ssh upload (100 MB into a slow reader, sha256 checked) from this host
 #     with our client as ProxyCommand (`hakuriver-ssh --stdio`), through the proxy, to an
 #     OpenSSH sshd on this host (bound to the docker bridge's gateway address, the
 #     runner in the task's database row). During the upload: `systemctl restart`, then
@@ -321,25 +321,32 @@ proxy_restarted() { # proxy_restarted OLD_PID: a new main process is up and read
   [ "$pid" != 0 ] && [ "$pid" != "$1" ] && [ "$(in_ct systemctl is-active hakuriver-ssh-proxy.service)" = active ]
 }
 
-# The upload: UPLOAD_MB of random data, 1 MiB at a time, paced so that bytes are in
-# flight while the proxy restarts (pacing only: every step below waits for the remote
-# file's size or the journal, never for time). The last MiB waits on a gate opened
-# after both restarts, so the tunnel is certainly still open during them.
+# The upload: UPLOAD_MB of random data, sent as fast as ssh takes it, into a receiver
+# on the runner that drains 1 MiB per 20 ms. The pacing sits at the far end on purpose:
+# every buffer on the way (the proxy's sockets and splice pipes included) stays full, so
+# bytes are in flight in the proxy whenever it restarts. It is pacing only: every step
+# below waits for the remote file's size or the journal, never for time. The last MiB
+# waits on a gate opened after both restarts, so the tunnel is certainly still open then.
 head -c $((UPLOAD_MB << 20)) /dev/urandom >"$WORK/upload.bin"
 SUM=$(sha256sum <"$WORK/upload.bin" | cut -c1-64)
+cat >"$WORK/receiver.py" <<'EOF_PY'
+import sys, time
+with open(sys.argv[1], "wb", buffering=0) as out:
+    while chunk := sys.stdin.buffer.read(1 << 20):
+        out.write(chunk)
+        time.sleep(0.02)
+EOF_PY
 mkfifo "$WORK/gate" "$WORK/upload.fifo"
 feeder() {
-  local i
-  for ((i = 0; i < UPLOAD_MB; i++)); do
-    if [ "$i" = $((UPLOAD_MB - 1)) ]; then read -r _ <"$WORK/gate"; fi
-    dd if="$WORK/upload.bin" bs=1M skip="$i" count=1 status=none
-    sleep 0.02
-  done
+  head -c $(((UPLOAD_MB - 1) << 20)) "$WORK/upload.bin"
+  read -r _ <"$WORK/gate"
+  tail -c $((1 << 20)) "$WORK/upload.bin"
 }
 t_up=$(now)
 feeder >"$WORK/upload.fifo" &
 BG_PIDS+=("$!")
-timeout $((WAIT_SECS * 3)) "${SSH[@]}" "cat > $WORK/remote/upload.bin" <"$WORK/upload.fifo" 2>"$WORK/ssh-upload.err" &
+timeout $((WAIT_SECS * 3)) "${SSH[@]}" "$PY $WORK/receiver.py $WORK/remote/upload.bin" \
+  <"$WORK/upload.fifo" 2>"$WORK/ssh-upload.err" &
 UPLOAD=$!; BG_PIDS+=("$UPLOAD")
 
 MARK1=$((UPLOAD_MB / 4)) MARK2=$((UPLOAD_MB * 11 / 20))
