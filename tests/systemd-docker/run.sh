@@ -311,7 +311,12 @@ out=$(timeout "$WAIT_SECS" "${SSH[@]}" 'echo "hello from $(hostname) via $SSH_CO
 say "first login (starts the service): $out"
 [ "$(in_ct systemctl is-active hakuriver-ssh-proxy.service)" = active ] || fail "service not active after a connection"
 
-adoptions() { proxy_journal | grep -cE 'adopted [0-9]+ tunnels? from the fd store' || true; }
+adoptions() { proxy_journal | grep -cE 'adopted [1-9][0-9]* tunnels? from the fd store' || true; }
+last_adoption() { proxy_journal | grep -E 'adopted [1-9][0-9]* tunnels? from the fd store' | tail -1; }
+adopted_one() { # the newest adoption line, by the current MainPID, names exactly one tunnel
+  last_adoption | grep -qE "hakuriver-ssh-proxy\[$(main_pid)\]: adopted 1 tunnels? from the fd store" ||
+    fail "expected the new process to adopt the one open tunnel: $(last_adoption)"
+}
 main_pid() { in_ct systemctl show -p MainPID --value hakuriver-ssh-proxy.service; }
 remote_size() { stat -c %s "$WORK/remote/upload.bin" 2>/dev/null || echo 0; }
 size_at_least() { [ "$(remote_size)" -ge $(($1 << 20)) ]; }
@@ -358,7 +363,8 @@ timeout "$WAIT_SECS" docker exec "$CID" systemctl restart hakuriver-ssh-proxy.se
   fail "systemctl restart failed or hung"
 wait_until "the restarted proxy to be active" proxy_restarted "$pid0"
 wait_until "an adoption line after the restart" new_adoption "$a0"
-say "  restarted in $(elapsed "$t0" "$(now)") s, MainPID $(main_pid): $(proxy_journal | grep -E 'adopted [0-9]+ tunnels?' | tail -1 | cut -d' ' -f4-)"
+adopted_one
+say "  restarted in $(elapsed "$t0" "$(now)") s, MainPID $(main_pid): $(last_adoption | cut -d' ' -f4-)"
 
 wait_until "the upload to pass ${MARK2} MiB after the restart" size_at_least "$MARK2"
 pid1=$(main_pid); a1=$(adoptions)
@@ -367,8 +373,9 @@ t0=$(now)
 in_ct sh -c 'kill -9 "$1"' _ "$pid1"
 wait_until "the proxy to come back after SIGKILL" proxy_restarted "$pid1"
 wait_until "an adoption line after the crash" new_adoption "$a1"
+adopted_one
 pid_crash=$(main_pid)
-say "  back in $(elapsed "$t0" "$(now)") s, MainPID $(main_pid): $(proxy_journal | grep -E 'adopted [0-9]+ tunnels?' | tail -1 | cut -d' ' -f4-)"
+say "  back in $(elapsed "$t0" "$(now)") s, MainPID $(main_pid): $(last_adoption | cut -d' ' -f4-)"
 
 timeout "$WAIT_SECS" bash -c 'echo go >"$1"' _ "$WORK/gate" || fail "the feeder never reached its last MiB"
 rc=0; wait "$UPLOAD" || rc=$?
@@ -417,6 +424,7 @@ wait_until "the idle session" idle_open
 pid2=$(main_pid); a2=$(adoptions)
 timeout "$WAIT_SECS" docker exec "$CID" systemctl restart hakuriver-ssh-proxy.service || fail "restart (idle) failed"
 wait_until "an adoption line for the idle session" new_adoption "$a2"
+adopted_one
 kill -0 "$IDLE" 2>/dev/null || fail "the idle session did not survive the restart"
 n_store=$(in_ct systemctl show -p NFileDescriptorStore --value hakuriver-ssh-proxy.service)
 t0=$(now)
