@@ -5,7 +5,8 @@
 # lints (cargo fmt --check, clippy -D warnings, rustdoc -D warnings) → build →
 # unit, integration and end-to-end tests (cargo) → fuzz corpus replay → systemd unit
 # verification → Nix parse/eval checks → Docker image and compose
-# deployment. Any missing dependency fails the run; nothing is skipped.
+# deployment → the shipped units under systemd 252 as PID 1 in a container (fd store
+# across restart and crash). Any missing dependency fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -35,5 +36,8 @@ bash tests/nix/check.sh
 
 step "docker"
 bash tests/docker/run.sh
+
+step "systemd in docker"
+bash tests/systemd-docker/run.sh
 
 step "all tests passed"
