@@ -24,7 +24,7 @@ case "$workload" in
     resume-bulk | resume-tls-bulk)
         kind=plain-resumable
         [ "$workload" = resume-tls-bulk ] && kind=tls-resumable
-        flags=(--targets direct --skip bulk,setup,idle,stall,ssh,resume-idle,resume-vanish,resume-breaks
+        flags=(--targets direct --skip bulk,setup,idle,stall,ssh,resume-idle,resume-vanish,resume-stopped,resume-breaks
             --resume-rounds 1 --resume-kinds "$kind" --bulk-mb 2048) ;;
     *) echo "usage: $0 setup|tls-bulk|bulk|resume-bulk|resume-tls-bulk" >&2; exit 2 ;;
 esac

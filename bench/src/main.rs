@@ -181,7 +181,13 @@ enum Mode {
     /// Send SEED_DOWN without end; once a write makes no progress for a second, count
     /// the bytes sent in `flooded` and `flood_stalled`, then hold until release.
     Flood = 5,
+    /// Like `Flood`, in [`TRICKLE_PIECE`]-byte writes a millisecond apart, up to
+    /// `bulk_bytes` (interactive output: each write reaches the proxy on its own).
+    Trickle = 6,
 }
+
+/// The size of one `Trickle` write.
+const TRICKLE_PIECE: usize = 512;
 
 /// The in-process VPS every target forwards to.
 struct Runner {
@@ -238,11 +244,20 @@ impl Runner {
         self.release.send_modify(|g| *g += 1);
     }
 
-    /// Sends the pattern until a write makes no progress for a second; counts it.
-    async fn flood(&self, stream: &mut TcpStream) {
-        let mut buf = vec![0u8; IO_CHUNK];
+    /// Sends the pattern in `piece`-byte writes (`pause` after each) until a write makes
+    /// no progress for a second or `cap` bytes are sent; counts it.
+    async fn flood(&self, stream: &mut TcpStream, piece: usize, pause: Duration, cap: u64) {
+        let mut buf = vec![0u8; piece];
         let mut off = 0u64;
         loop {
+            if off >= cap {
+                self.flooded.fetch_add(off, Ordering::SeqCst);
+                self.flood_stalled.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
             pattern::fill(&mut buf, off, SEED_DOWN);
             let mut pos = 0;
             while pos < buf.len() {
@@ -292,10 +307,19 @@ impl Runner {
             }
             return;
         }
-        if mode == Mode::Flood as u8 {
+        if mode == Mode::Flood as u8 || mode == Mode::Trickle as u8 {
+            let (piece, pause, cap) = if mode == Mode::Flood as u8 {
+                (IO_CHUNK, Duration::ZERO, u64::MAX)
+            } else {
+                (
+                    TRICKLE_PIECE,
+                    Duration::from_millis(1),
+                    self.bulk_bytes.load(Ordering::SeqCst),
+                )
+            };
             tokio::select! {
                 _ = release.changed() => {}
-                _ = self.flood(&mut stream) => { let _ = release.changed().await; }
+                _ = self.flood(&mut stream, piece, pause, cap) => { let _ = release.changed().await; }
             }
             return;
         }
@@ -838,7 +862,7 @@ fn start_haproxy(runner: SocketAddr, dir: &Path) -> Result<(Process, SocketAddr)
 /// `--client-bin PATH`, `--skip ssh,idle,...`; for the resumable-tunnel section
 /// `--resume-idle N`, `--vanish N`, `--breaks N`, `--resume-rounds N`, `--resume-kinds
 /// plain,plain-resumable,tls,tls-resumable` (`--skip resume` leaves it out,
-/// `--skip resume-bulk,resume-idle,resume-vanish,resume-breaks` parts of it).
+/// `--skip resume-bulk,resume-idle,resume-vanish,resume-stopped,resume-breaks` parts).
 struct Args {
     bulk_mb: u64,
     seq: usize,

@@ -8,6 +8,8 @@
 //! - [`idle`]: the proxy's RSS per idle tunnel, each count on a fresh proxy.
 //! - [`vanish`]: clients that disappear mid-download while the runner keeps sending;
 //!   what the proxy holds for them.
+//! - [`stopped`]: clients that stop reading but keep their connection, while the runner
+//!   trickles small writes; what the proxy holds for them.
 //! - [`breaks`]: an in-bench TCP relay ([`Cutter`]) between client and proxy resets its
 //!   connections; time until an echoed byte comes back.
 
@@ -336,6 +338,69 @@ pub async fn vanish(
     ))
 }
 
+/// `n` resumable tunnels of `kind` whose clients stop reading after the grant but keep
+/// their connection open (a suspended laptop, a path that went black), while the runner
+/// writes 512 bytes a millisecond apart, up to the window and 256 KiB more. Returns (the
+/// proxy's RSS growth per tunnel in bytes, bytes the runner got rid of per tunnel).
+pub async fn stopped(
+    runner: &Runner,
+    ends: &Endpoints,
+    kind: Kind,
+    pid: u32,
+    n: usize,
+) -> Result<(f64, f64)> {
+    use std::sync::atomic::Ordering::SeqCst;
+    runner.set_mode(Mode::Trickle);
+    runner.bulk_bytes.store(WINDOW + 256 * 1024, SeqCst);
+    runner.flooded.store(0, SeqCst);
+    runner.flood_stalled.store(0, SeqCst);
+    let connector = connector(ends, kind, None)?;
+    let before = rss_kib(pid)?;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        match deadline("stopped open", STEP, async {
+            connector
+                .open_any(&task()?)
+                .await
+                .map_err(|e| anyhow!("open {}: {e}", kind.name()))
+        })
+        .await?
+        {
+            // Never driven: nothing reads the connection, nothing is acknowledged.
+            Opened::Resumable(tunnel) => held.push(tunnel),
+            Opened::Plain(_) => bail!("{}: not granted resumable", kind.name()),
+        }
+    }
+    let start = Instant::now();
+    while runner.flood_stalled.load(SeqCst) < n as u64 {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "{} of {n} trickling runner connections done within 60 s",
+                runner.flood_stalled.load(SeqCst)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The proxy takes the last pieces right after they are written; settled once two
+    // readings 200 ms apart agree.
+    let mut after = rss_kib(pid)?;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = rss_kib(pid)?;
+        if now == after {
+            break;
+        }
+        after = now;
+    }
+    let sent = runner.flooded.load(SeqCst) as f64 / n as f64;
+    drop(held);
+    runner.release_all();
+    Ok((
+        after.saturating_sub(before) as f64 * 1024.0 / n as f64,
+        sent,
+    ))
+}
+
 /// A TCP relay between client and proxy whose connections can all be reset at once
 /// (a NAT forgetting its mappings, a middlebox restarting); its listener stays up.
 pub struct Cutter {
@@ -468,7 +533,8 @@ pub struct Options {
     pub rounds: usize,
     /// The kinds to run (by [`Kind::flag`]); all when empty.
     pub kinds: Vec<String>,
-    /// Workloads left out: `resume-bulk`, `resume-idle`, `resume-vanish`, `resume-breaks`.
+    /// Workloads left out: `resume-bulk`, `resume-idle`, `resume-vanish`, `resume-stopped`,
+    /// `resume-breaks`.
     pub skip: Vec<String>,
 }
 
@@ -515,6 +581,11 @@ pub async fn section(
             o.vanish
         ),
         "vanished clients: bytes the runner got rid of per tunnel (MiB)".to_owned(),
+        format!(
+            "{} clients that stop reading (connection open), runner writing 512 B per ms: proxy RSS growth per tunnel (KiB)",
+            o.vanish
+        ),
+        "stopped clients: bytes the runner got rid of per tunnel (MiB)".to_owned(),
         format!("break → an echoed byte back, p50 of {} (ms)", o.breaks),
         format!("break → an echoed byte back, p99 of {} (ms)", o.breaks),
     ];
@@ -602,6 +673,21 @@ pub async fn section(
             cells.insert((5, kind.name()), format!("{:.1}", sent / 1048576.0));
         }
     }
+    if run("resume-stopped") {
+        for &kind in kinds.iter().filter(|k| k.resumable()) {
+            let (ours, ends) = fresh_proxy(bin, db)?;
+            eprintln!("resume stopped: {} x{}", kind.name(), o.vanish);
+            let (per, sent) = stopped(runner, &ends, kind, ours.proxy.pid(), o.vanish).await?;
+            eprintln!(
+                "  {:.0} KiB/tunnel (window {} KiB), runner sent {:.2} MiB each",
+                per / 1024.0,
+                WINDOW / 1024,
+                sent / 1048576.0
+            );
+            cells.insert((6, kind.name()), format!("{:.0}", per / 1024.0));
+            cells.insert((7, kind.name()), format!("{:.2}", sent / 1048576.0));
+        }
+    }
     if run("resume-breaks") {
         let (_ours, ends) = fresh_proxy(bin, db)?;
         for &kind in kinds.iter().filter(|k| k.resumable()) {
@@ -612,8 +698,8 @@ pub async fn section(
                 super::pct(&times, 0.99) / 1e3,
             );
             eprintln!("  p50 {p50:.2} ms, p99 {p99:.2} ms");
-            cells.insert((6, kind.name()), format!("{p50:.2}"));
-            cells.insert((7, kind.name()), format!("{p99:.2}"));
+            cells.insert((8, kind.name()), format!("{p50:.2}"));
+            cells.insert((9, kind.name()), format!("{p99:.2}"));
         }
     }
 
