@@ -8,6 +8,9 @@
 #   bash bench/profile.sh setup       # tunnel setup, one at a time and 32 at once
 #   bash bench/profile.sh tls-bulk    # 2 GiB each way through one TLS tunnel
 #   bash bench/profile.sh bulk        # the same through plain TCP (splice)
+#   bash bench/profile.sh resume-bulk      # 2 GiB each way, resumable tunnel, plain TCP
+#   bash bench/profile.sh resume-tls-bulk  # the same over TLS
+#   (the resume-* ones drive the tunnel with the hakuriver-ssh library, as the client does)
 #
 # Needs: linux-perf (apt-get install -y linux-perf), and what bench/run.sh needs.
 set -euo pipefail
@@ -18,7 +21,12 @@ case "$workload" in
     setup) flags=(--skip bulk,idle,stall,ssh --targets ours --seq 10000 --per-client 500) ;;
     tls-bulk) flags=(--skip setup,idle,stall,ssh --targets ours-tls --bulk-mb 2048) ;;
     bulk) flags=(--skip setup,idle,stall,ssh --targets ours --bulk-mb 4096) ;;
-    *) echo "usage: $0 setup|tls-bulk|bulk" >&2; exit 2 ;;
+    resume-bulk | resume-tls-bulk)
+        kind=plain-resumable
+        [ "$workload" = resume-tls-bulk ] && kind=tls-resumable
+        flags=(--targets direct --skip bulk,setup,idle,stall,ssh,resume-idle,resume-vanish,resume-stopped,resume-breaks
+            --resume-rounds 1 --resume-kinds "$kind" --bulk-mb 2048) ;;
+    *) echo "usage: $0 setup|tls-bulk|bulk|resume-bulk|resume-tls-bulk" >&2; exit 2 ;;
 esac
 command -v perf >/dev/null || { echo "missing perf: apt-get install -y linux-perf" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One run of the issue-8 benchmark: our proxy (release build) beside direct loopback,
-# socat, haproxy (TCP mode) and HakuRiver 0.3.0's Python proxy. Prints the machine,
-# the load, and a markdown table (stdout); progress goes to stderr.
+# socat, haproxy (TCP mode) and HakuRiver 0.3.0's Python proxy, then the resumable-tunnel
+# section of issue 14 (about 40 s; `--skip resume` leaves it out). Prints the machine,
+# the load, and markdown tables (stdout); progress goes to stderr.
 #
 #   bash bench/run.sh [bench flags, e.g. --bulk-mb 256 --skip ssh,idle]
 #

@@ -56,6 +56,8 @@ const CONCURRENCY: usize = 32;
 const SEED_UP: u64 = 0x5555_0000_1111_2222;
 const SEED_DOWN: u64 = 0x0F0F_3333_7777_9999;
 
+mod resume;
+
 mod pattern {
     //! The byte at offset `i` is byte `i % 8` (little endian) of `word(i / 8)`; every
     //! 8-byte word of a 1 GB stream is distinct, so a lost, repeated or reordered chunk
@@ -174,7 +176,18 @@ enum Mode {
     Idle = 2,
     /// Never read; hold the socket until release.
     Stall = 3,
+    /// Send back what arrives, until EOF or release.
+    Echo = 4,
+    /// Send SEED_DOWN without end; once a write makes no progress for a second, count
+    /// the bytes sent in `flooded` and `flood_stalled`, then hold until release.
+    Flood = 5,
+    /// Like `Flood`, in [`TRICKLE_PIECE`]-byte writes a millisecond apart, up to
+    /// `bulk_bytes` (interactive output: each write reaches the proxy on its own).
+    Trickle = 6,
 }
+
+/// The size of one `Trickle` write.
+const TRICKLE_PIECE: usize = 512;
 
 /// The in-process VPS every target forwards to.
 struct Runner {
@@ -182,6 +195,10 @@ struct Runner {
     mode: AtomicU8,
     bulk_bytes: AtomicU64,
     accepted: AtomicU64,
+    /// Bytes the stalled `Flood` connections got rid of, together.
+    flooded: AtomicU64,
+    /// `Flood` connections that stalled.
+    flood_stalled: AtomicU64,
     release: watch::Sender<u64>,
     bulk_results: tokio::sync::Mutex<mpsc::UnboundedReceiver<Result<u64>>>,
 }
@@ -195,6 +212,8 @@ impl Runner {
             mode: AtomicU8::new(Mode::Greet as u8),
             bulk_bytes: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            flooded: AtomicU64::new(0),
+            flood_stalled: AtomicU64::new(0),
             release: watch::channel(0).0,
             bulk_results: tokio::sync::Mutex::new(rx),
         });
@@ -225,6 +244,41 @@ impl Runner {
         self.release.send_modify(|g| *g += 1);
     }
 
+    /// Sends the pattern in `piece`-byte writes (`pause` after each) until a write makes
+    /// no progress for a second or `cap` bytes are sent; counts it.
+    async fn flood(&self, stream: &mut TcpStream, piece: usize, pause: Duration, cap: u64) {
+        let mut buf = vec![0u8; piece];
+        let mut off = 0u64;
+        loop {
+            if off >= cap {
+                self.flooded.fetch_add(off, Ordering::SeqCst);
+                self.flood_stalled.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            pattern::fill(&mut buf, off, SEED_DOWN);
+            let mut pos = 0;
+            while pos < buf.len() {
+                match tokio::time::timeout(Duration::from_secs(1), stream.write(&buf[pos..])).await
+                {
+                    Ok(Ok(k)) if k > 0 => {
+                        pos += k;
+                        off += k as u64;
+                    }
+                    // The tunnel is gone: never counted as stalled.
+                    Ok(_) => std::future::pending::<()>().await,
+                    Err(_) => {
+                        self.flooded.fetch_add(off, Ordering::SeqCst);
+                        self.flood_stalled.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     async fn serve(&self, mut stream: TcpStream, tx: mpsc::UnboundedSender<Result<u64>>) {
         let mut release = self.release.subscribe();
         let mode = self.mode.load(Ordering::SeqCst);
@@ -243,6 +297,30 @@ impl Runner {
         }
         if mode == Mode::Stall as u8 {
             let _ = release.changed().await;
+            return;
+        }
+        if mode == Mode::Echo as u8 {
+            let (mut r, mut w) = stream.split();
+            tokio::select! {
+                _ = release.changed() => {}
+                _ = tokio::io::copy(&mut r, &mut w) => {}
+            }
+            return;
+        }
+        if mode == Mode::Flood as u8 || mode == Mode::Trickle as u8 {
+            let (piece, pause, cap) = if mode == Mode::Flood as u8 {
+                (IO_CHUNK, Duration::ZERO, u64::MAX)
+            } else {
+                (
+                    TRICKLE_PIECE,
+                    Duration::from_millis(1),
+                    self.bulk_bytes.load(Ordering::SeqCst),
+                )
+            };
+            tokio::select! {
+                _ = release.changed() => {}
+                _ = self.flood(&mut stream, piece, pause, cap) => { let _ = release.changed().await; }
+            }
             return;
         }
         let mut buf = [0u8; 64];
@@ -781,7 +859,10 @@ fn start_haproxy(runner: SocketAddr, dir: &Path) -> Result<(Process, SocketAddr)
 
 /// Command-line knobs (all optional): `--bulk-mb N`, `--seq N`, `--per-client N`,
 /// `--idle N`, `--stall N`, `--ssh-mb N`, `--targets a,b`, `--proxy-bin PATH`,
-/// `--client-bin PATH`, `--skip ssh,idle,...`.
+/// `--client-bin PATH`, `--skip ssh,idle,...`; for the resumable-tunnel section
+/// `--resume-idle N`, `--vanish N`, `--breaks N`, `--resume-rounds N`, `--resume-kinds
+/// plain,plain-resumable,tls,tls-resumable` (`--skip resume` leaves it out,
+/// `--skip resume-bulk,resume-idle,resume-vanish,resume-stopped,resume-breaks` parts).
 struct Args {
     bulk_mb: u64,
     seq: usize,
@@ -789,6 +870,16 @@ struct Args {
     idle: usize,
     stall: usize,
     ssh_mb: u64,
+    /// Idle tunnels per kind in the resumable-tunnel section.
+    resume_idle: usize,
+    /// Vanishing clients per resumable kind.
+    vanish: usize,
+    /// Connection breaks per resumable kind.
+    breaks: usize,
+    /// Interleaved bulk rounds in the resumable-tunnel section.
+    resume_rounds: usize,
+    /// The kinds of tunnel that section runs (all when empty).
+    resume_kinds: Vec<String>,
     targets: Vec<String>,
     skip: Vec<String>,
     proxy_bin: PathBuf,
@@ -810,6 +901,11 @@ fn parse_args() -> Result<Args> {
         idle: 9900,
         stall: 8,
         ssh_mb: 200,
+        resume_idle: 1000,
+        vanish: 8,
+        breaks: 50,
+        resume_rounds: 3,
+        resume_kinds: Vec::new(),
         targets: [
             "direct",
             "ours",
@@ -837,6 +933,11 @@ fn parse_args() -> Result<Args> {
             "--idle" => a.idle = v.parse()?,
             "--stall" => a.stall = v.parse()?,
             "--ssh-mb" => a.ssh_mb = v.parse()?,
+            "--resume-idle" => a.resume_idle = v.parse()?,
+            "--vanish" => a.vanish = v.parse()?,
+            "--breaks" => a.breaks = v.parse()?,
+            "--resume-rounds" => a.resume_rounds = v.parse()?,
+            "--resume-kinds" => a.resume_kinds = v.split(',').map(String::from).collect(),
             "--targets" => a.targets = v.split(',').map(String::from).collect(),
             "--skip" => a.skip = v.split(',').map(String::from).collect(),
             "--proxy-bin" => a.proxy_bin = v.into(),
@@ -1166,8 +1267,10 @@ async fn main() -> Result<()> {
 
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
     println!("database: {}\n", args.schema);
-    println!("| workload | {} |", names.join(" | "));
-    println!("|---|{}", "---|".repeat(names.len()));
+    if !table.is_empty() {
+        println!("| workload | {} |", names.join(" | "));
+        println!("|---|{}", "---|".repeat(names.len()));
+    }
     for (i, row) in rows.iter().enumerate() {
         if !names
             .iter()
@@ -1185,6 +1288,26 @@ async fn main() -> Result<()> {
             })
             .collect();
         println!("| {row} | {} |", cells.join(" | "));
+    }
+    if run("resume") {
+        let options = resume::Options {
+            bulk_mb: args.bulk_mb,
+            idle: args.resume_idle,
+            vanish: args.vanish,
+            breaks: args.breaks,
+            rounds: args.resume_rounds,
+            kinds: args.resume_kinds.clone(),
+            skip: args.skip.clone(),
+        };
+        runner.release_all();
+        let started = Instant::now();
+        let table = resume::section(&runner, &args.proxy_bin, db.path(), &options).await?;
+        eprintln!(
+            "resumable-tunnel section: {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        println!("\n### Resumable tunnels (issue 14)\n");
+        println!("{table}");
     }
     Ok(())
 }
