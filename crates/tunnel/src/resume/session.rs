@@ -609,7 +609,16 @@ impl Session {
                 Ok(true)
             }
             Poll::Ready(Ok(n)) => {
-                let chunk = self.out.tail.split().freeze();
+                // A small read is copied out, so it does not pin a whole read block
+                // until it is acknowledged (memory stays within the window); the
+                // block is read into again.
+                let chunk = if n >= IO_CHUNK / 4 {
+                    self.out.tail.split().freeze()
+                } else {
+                    let small = Bytes::copy_from_slice(&self.out.tail);
+                    self.out.tail.clear();
+                    small
+                };
                 self.out.buffered += n;
                 self.out.chunks.push_back(chunk);
                 Ok(true)
