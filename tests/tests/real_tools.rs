@@ -47,7 +47,11 @@ impl World {
         let refused = RefusedPort::new().unwrap();
         let db = HakuDb::create(&fixtures::routing_db(sshd.port(), refused.port())).unwrap();
         let proxy = Proxy::builder(db.path())
-            .config("[ssh_proxy]\nlookups_per_minute_per_ip = 0\n")
+            // Our client's tunnels are resumable: a killed client's tunnel is held for
+            // the grace period (it could be a network break), so keep that short here.
+            .config(
+                "[ssh_proxy]\nlookups_per_minute_per_ip = 0\n[ssh_proxy.resume]\ngrace_secs = 2\n",
+            )
             .args(["--tls-listen", "127.0.0.1:0"])
             .listeners(2)
             .start()

@@ -27,15 +27,36 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// connections. `Ok` for a clean end.
 pub async fn drive<L>(
     connector: &Connector,
-    mut tunnel: ResumableTunnel,
+    tunnel: ResumableTunnel,
     local: &mut L,
 ) -> Result<(), ClientError>
 where
     L: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
 {
+    drive_until(connector, tunnel, local, std::future::pending()).await
+}
+
+/// [`drive`], ended early (the Host told with an ABORT, so it does not hold the tunnel
+/// for a resume) when `stop` completes: ssh sends its ProxyCommand SIGHUP when it exits.
+pub async fn drive_until<L>(
+    connector: &Connector,
+    mut tunnel: ResumableTunnel,
+    local: &mut L,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ClientError>
+where
+    L: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+{
     let addr = connector.target.to_string();
+    let mut stop = std::pin::pin!(stop);
     loop {
-        let ended = tunnel.session.run(local, &mut tunnel.leg).await;
+        let ended = tokio::select! {
+            ended = tunnel.session.run(local, &mut tunnel.leg) => ended,
+            () = &mut stop => {
+                tunnel.session.abort(&mut tunnel.leg, "the client closed", ABORT_TIMEOUT).await;
+                return Ok(());
+            }
+        };
         let lost = match ended {
             Ended::Finished => return Ok(()),
             Ended::LegLost(e) => e,

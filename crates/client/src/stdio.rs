@@ -24,10 +24,22 @@ pub async fn run(connector: Connector, task: TaskRef) -> Result<u8, ClientError>
     let mut tunnel = match connector.open_any(&task).await? {
         Opened::Plain(tunnel) => tunnel,
         // Survives dropped connections to the Host; ssh on our stdio never notices.
+        // ssh sends its ProxyCommand SIGHUP when it exits: the Host is told the tunnel
+        // is over instead of holding it for a resume.
         Opened::Resumable(tunnel) => {
-            return crate::resumable::drive(&connector, *tunnel, &mut stdio)
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hangup = signal(SignalKind::hangup()).ok();
+            let mut terminate = signal(SignalKind::terminate()).ok();
+            let stop = async move {
+                tokio::select! {
+                    Some(()) = async { hangup.as_mut()?.recv().await } => {}
+                    Some(()) = async { terminate.as_mut()?.recv().await } => {}
+                    else => std::future::pending::<()>().await,
+                }
+            };
+            return crate::resumable::drive_until(&connector, *tunnel, &mut stdio, stop)
                 .await
-                .map(|()| 0)
+                .map(|()| 0);
         }
     };
     let outcome = relay(&mut tunnel, &mut stdio).await;

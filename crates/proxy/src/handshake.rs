@@ -111,7 +111,9 @@ where
             }
         }
     };
-    let (route, runner) = match set_up.await {
+    // Boxed: the decision and the resumable grant would otherwise sit inline in every
+    // connection's setup future.
+    let (route, runner) = match Box::pin(set_up).await {
         Ok(SetUp::Tunnel(route, runner)) => (route, runner),
         Ok(SetUp::Listed) => return None,
         Ok(SetUp::Resume(request)) => {
