@@ -1,7 +1,7 @@
 //! Resumable tunnels end to end: the real OpenSSH client with our client as its
 //! ProxyCommand, our proxy, a real sshd as the VPS, and between client and proxy a
-//! relay process (socat) that the test kills and starts again, so the client's
-//! connection to the Host breaks for real (the kernel closes it under a dead process).
+//! relay that the test breaks: it ends every connection it carries (both ends see their
+//! TCP connection close, as when the network changes under them) and relays the next.
 //!
 //! - 100 MB up and 100 MB down survive five breaks each, byte for byte (sha256), and ssh
 //!   exits 0.
@@ -13,11 +13,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hakuriver_ssh_tests::fixtures::{self, TASK_OK};
@@ -29,102 +31,146 @@ const WAIT: Duration = Duration::from_secs(60);
 const TRANSFER: usize = 100 * 1024 * 1024;
 const BREAKS: usize = 5;
 
-/// A TCP relay process (socat) from a fixed local port to the proxy: killing it breaks
-/// the client's connection; a new one on the same port is where the client reconnects.
-/// Each instance dumps what it relayed (`-r`/`-R`), so a test can read the lines.
+/// A TCP relay between client and proxy, in the test process: a break shuts down every
+/// connection it carries (both sides see their connection end, as under a network
+/// change); the listener stays, so the client reconnects to the same address, with no
+/// port to rebind. Each generation (the connections accepted between two breaks) keeps
+/// what it relayed each way, so a test can read the lines.
 struct Relay {
-    port: u16,
-    target: SocketAddr,
-    child: Option<Child>,
-    dir: PathBuf,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
     generation: usize,
 }
 
+#[derive(Default)]
+struct Shared {
+    state: Mutex<RelayState>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    generation: usize,
+    down: bool,
+    open: Vec<TcpStream>,
+    up: HashMap<usize, Vec<u8>>,
+    down_bytes: HashMap<usize, Vec<u8>>,
+}
+
 impl Relay {
-    fn start(target: SocketAddr, dir: &Path) -> Relay {
-        // A free port, released for socat to bind (loopback only).
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut relay = Relay {
-            port,
-            target,
-            child: None,
-            dir: dir.to_path_buf(),
-            generation: 0,
-        };
-        relay.spawn();
-        relay
-    }
-
-    fn spawn(&mut self) {
-        self.generation += 1;
-        let up = self.dir.join(format!("up-{}", self.generation));
-        let down = self.dir.join(format!("down-{}", self.generation));
-        let child = Command::new("socat")
-            .arg("-r")
-            .arg(&up)
-            .arg("-R")
-            .arg(&down)
-            .arg(format!("TCP-LISTEN:{},bind=127.0.0.1,reuseaddr", self.port))
-            .arg(format!("TCP:{}", self.target))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat runs (tests/setup-deps.sh installs it)");
-        self.child = Some(child);
-        // Listening before anyone is told to connect (socat serves one connection, so
-        // the check reads the socket table instead of connecting).
-        let port = self.port;
-        wait_until(WAIT, "the relay listening", || {
-            let out = Command::new("ss")
-                .args(["-Htln", &format!("sport = :{port}")])
-                .output()?;
-            Ok(if out.stdout.is_empty() {
-                Err(())
-            } else {
-                Ok(())
-            })
-        })
-        .unwrap();
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// SIGKILL: the kernel closes both of its connections.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+    fn start(target: SocketAddr, _dir: &Path) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        shared.state.lock().unwrap().generation = 1;
+        let accepting = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let mut state = accepting.state.lock().unwrap();
+                if state.down {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let generation = state.generation;
+                state.open.push(client.try_clone().unwrap());
+                state.open.push(server.try_clone().unwrap());
+                drop(state);
+                pump(
+                    &accepting,
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    generation,
+                    true,
+                );
+                pump(&accepting, server, client, generation, false);
+            }
+        });
+        Relay {
+            addr,
+            shared,
+            generation: 1,
         }
     }
 
-    /// Kills it and starts the next one on the same port.
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts down every connection it carries; with `down`, refuses new ones too.
+    fn cut(&mut self, down: bool) {
+        let mut state = self.shared.state.lock().unwrap();
+        for stream in state.open.drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        state.down = down;
+        state.generation += 1;
+        self.generation = state.generation;
+    }
+
+    /// The network goes away for good.
+    fn kill(&mut self) {
+        self.cut(true);
+    }
+
+    /// A break: the connections end, the next ones go through.
     fn break_and_restore(&mut self) {
-        self.kill();
-        self.spawn();
+        self.cut(false);
     }
 
-    /// What the client sent through instance `n`.
+    /// What the client sent in generation `n`.
     fn upstream(&self, n: usize) -> Vec<u8> {
-        fs::read(self.dir.join(format!("up-{n}"))).unwrap_or_default()
+        let state = self.shared.state.lock().unwrap();
+        state.up.get(&n).cloned().unwrap_or_default()
     }
 
-    /// What the proxy sent back through instance `n`.
+    /// What the proxy sent back in generation `n`.
     fn downstream(&self, n: usize) -> Vec<u8> {
-        fs::read(self.dir.join(format!("down-{n}"))).unwrap_or_default()
+        let state = self.shared.state.lock().unwrap();
+        state.down_bytes.get(&n).cloned().unwrap_or_default()
     }
 }
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Copies `from` to `to` on a thread, recording the bytes; EOF is passed on as a write
+/// shutdown, an error (a break) ends both.
+fn pump(shared: &Arc<Shared>, mut from: TcpStream, mut to: TcpStream, generation: usize, up: bool) {
+    let shared = Arc::clone(shared);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => {
+                    let _ = to.shutdown(Shutdown::Write);
+                    return;
+                }
+                Ok(n) => {
+                    {
+                        let mut state = shared.state.lock().unwrap();
+                        let log = if up {
+                            state.up.entry(generation).or_default()
+                        } else {
+                            state.down_bytes.entry(generation).or_default()
+                        };
+                        // The lines are at the start; bulk bytes need not be kept.
+                        if log.len() < 64 * 1024 {
+                            log.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        let _ = from.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+        }
+    });
 }
 
 struct World {
