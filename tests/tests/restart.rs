@@ -93,6 +93,17 @@ struct Paced {
     done: JoinHandle<std::io::Result<()>>,
 }
 
+/// [`paced`] into a fifo the remote `cat` reads (opening it waits for that `cat`).
+fn paced_into_fifo(fifo: &Path, data: &Arc<Vec<u8>>) -> Paced {
+    let opened = fifo.to_path_buf();
+    paced(
+        move || fs::OpenOptions::new().write(true).open(opened),
+        Vec::new(),
+        Arc::clone(data),
+        Vec::new(),
+    )
+}
+
 fn paced<W: Write + Send + 'static>(
     sink: impl FnOnce() -> std::io::Result<W> + Send + 'static,
     head: Vec<u8>,
@@ -280,13 +291,7 @@ fn ssh_download_survives_sigterm_and_sigkill_restarts() {
     let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
     let got = received(ssh.take_stdout().unwrap());
     // Opening the fifo waits for the remote `cat` to open it.
-    let opened = fifo.clone();
-    let source = paced(
-        move || fs::OpenOptions::new().write(true).open(opened),
-        Vec::new(),
-        Arc::clone(&data),
-        Vec::new(),
-    );
+    let source = paced_into_fifo(&fifo, &data);
     let count = Arc::clone(&got.count);
     let progress = move || count.load(Ordering::Relaxed);
     let last = restart_twice(&w, proxy, &[], &progress, &source.go);
@@ -367,13 +372,7 @@ fn hakuriver_python_client_upload_and_download_survive_restarts() {
         .write_all(format!("cat {}\nexit\n", fifo.display()).as_bytes())
         .unwrap();
     drop(stdin);
-    let opened = fifo.clone();
-    let source = paced(
-        move || fs::OpenOptions::new().write(true).open(opened),
-        Vec::new(),
-        Arc::clone(&data),
-        Vec::new(),
-    );
+    let source = paced_into_fifo(&fifo, &data);
     let count = Arc::clone(&got.count);
     let progress = move || count.load(Ordering::Relaxed);
     let last = restart_twice(&w, proxy, &args, &progress, &source.go);

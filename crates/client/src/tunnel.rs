@@ -128,10 +128,7 @@ impl Connector {
                 Ok(Opened::Plain(stream))
             }
             Response::Error(message) => Err(self.refusal(&message)),
-            other => Err(ClientError::UnexpectedReply {
-                addr: self.target.to_string(),
-                line: format!("{:?}", String::from_utf8_lossy(&other.encode()).trim_end()),
-            }),
+            other => Err(self.unexpected(&other)),
         }
     }
 
@@ -170,10 +167,7 @@ impl Connector {
                 addr,
                 message: safe(&message),
             }),
-            other => Err(ClientError::UnexpectedReply {
-                addr,
-                line: format!("{:?}", String::from_utf8_lossy(&other.encode()).trim_end()),
-            }),
+            other => Err(self.unexpected(&other)),
         }
     }
 
@@ -256,10 +250,7 @@ impl Connector {
                 Ok(stream)
             }
             (Response::Error(message), _) => Err(self.refusal(&message)),
-            (other, _) => Err(ClientError::UnexpectedReply {
-                addr: self.target.to_string(),
-                line: format!("{:?}", String::from_utf8_lossy(&other.encode()).trim_end()),
-            }),
+            (other, _) => Err(self.unexpected(&other)),
         }
     }
 
@@ -297,6 +288,14 @@ impl Connector {
             });
         }
         ClientError::Proxy(shown)
+    }
+
+    /// A valid reply that does not fit the request (a grant to a RESUME, say).
+    fn unexpected(&self, reply: &Response) -> ClientError {
+        ClientError::UnexpectedReply {
+            addr: self.target.to_string(),
+            line: format!("{:?}", String::from_utf8_lossy(&reply.encode()).trim_end()),
+        }
     }
 
     fn reply_error(&self, e: ReplyError) -> ClientError {

@@ -436,10 +436,7 @@ async fn relay_own_pipes(slot: Slot, mut tunnel: OwnPipesTunnel, force: Cancella
     }
     match outcome {
         Some(outcome) => {
-            let end = match &outcome.result {
-                Ok(()) => "closed".to_owned(),
-                Err(e) => e.to_string(),
-            };
+            let end = end_text(&outcome.result);
             info!(
                 task_id = %task_id,
                 peer = %peer,
@@ -456,6 +453,14 @@ async fn relay_own_pipes(slot: Slot, mut tunnel: OwnPipesTunnel, force: Cancella
         None => {
             info!(task_id = %task_id, peer = %peer, runner = %runner, user, duration_ms, "tunnel cut at shutdown")
         }
+    }
+}
+
+/// How a relay ended, for the `end` field of a `tunnel closed` line.
+pub(crate) fn end_text(result: &std::io::Result<()>) -> String {
+    match result {
+        Ok(()) => "closed".to_owned(),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -792,10 +797,7 @@ impl Connection {
             let (task_id, peer, runner) = (tunnel.task_id, self.arrival.peer, &tunnel.runner_addr);
             match outcome {
                 Some(outcome) => {
-                    let end = match &outcome.result {
-                        Ok(()) => "closed".to_owned(),
-                        Err(e) => e.to_string(),
-                    };
+                    let end = end_text(&outcome.result);
                     info!(
                         task_id = %task_id,
                         peer = %peer,
