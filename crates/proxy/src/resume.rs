@@ -140,28 +140,6 @@ impl Resumables {
         Ok((grant, Resumable { session, legs: rx }))
     }
 
-    /// Registers a tunnel continued from a previous process (its next resume is
-    /// `generation + 1`).
-    #[allow(dead_code)] // The fd-store hand-over's adoption calls it.
-    pub(crate) fn adopt(
-        &self,
-        session: &Session,
-        transport: Transport,
-    ) -> Result<mpsc::Receiver<NewLeg>, Refusal> {
-        let (tx, rx) = mpsc::channel(LEG_QUEUE);
-        let entry = Entry {
-            key: session.key().clone(),
-            next_generation: session.generation + 1,
-            transport,
-            legs: tx,
-        };
-        self.map
-            .lock()
-            .map_err(|_| Refusal::Internal("resume registry poisoned".into()))?
-            .insert(session.id, entry);
-        Ok(rx)
-    }
-
     /// Checks a RESUME: the tunnel exists, the transport is the one it started on, the
     /// generation is the next one and the proof is right. On success the generation is
     /// spent (a replayed line is stale) and the tunnel's queue is returned.
