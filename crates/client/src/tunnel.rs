@@ -135,8 +135,12 @@ impl Connector {
     /// Continues `session` on a new connection: TLS verified as for the first one, a
     /// RESUME with the next generation, the Host's RESUMED checked; the session then
     /// resends what the Host is missing. Returns the connection and the bytes resent.
+    ///
+    /// Every attempt spends a generation, answered or not: the Host may have accepted a
+    /// RESUME whose answer was lost with its connection, and takes only higher ones after.
     pub async fn resume(&self, session: &mut Session) -> Result<(Tunnel, u64), ClientError> {
         let generation = session.generation + 1;
+        session.generation = generation;
         let request = ResumeRequest::new(session.key(), session.id, generation, session.received());
         let (response, stream) = self.exchange_raw(&encode_resume(&request)).await?;
         let addr = self.target.to_string();
@@ -154,7 +158,6 @@ impl Connector {
                         line: "(a RESUMED whose proof does not match: not the Host this tunnel was opened with)".into(),
                     });
                 }
-                session.generation = generation;
                 let resent = session.resume_from(resumed.received).map_err(|m| {
                     ClientError::ResumeRefused {
                         addr: addr.clone(),

@@ -125,12 +125,22 @@ fn serve(settings: Settings, verbose: bool) -> Result<ExitCode> {
     if store.is_enabled() {
         info!(
             capacity = store.capacity().map(tracing::field::display),
-            "plain tunnels are kept in systemd's fd store across restarts"
+            "open tunnels are kept in systemd's fd store across restarts"
         );
     }
-    let adopted = handover::adopt_all(&store, passed.stored);
-    if !adopted.is_empty() {
-        info!("adopted {} tunnels from the fd store", adopted.len());
+    let (plain, resumable): (Vec<_>, Vec<_>) = passed
+        .stored
+        .into_iter()
+        .partition(|g| g.id.kind == crate::fdstore::PLAIN_TUNNEL);
+    let adopted = handover::adopt_all(&store, plain);
+    let handed = crate::resume::adopt_all(&store, resumable);
+    if !adopted.is_empty() || !handed.is_empty() {
+        info!(
+            plain = adopted.len(),
+            resumable = handed.len(),
+            "adopted {} tunnels from the fd store",
+            adopted.len() + handed.len()
+        );
     }
     let sockets = match passed.listeners {
         Some(sockets) => {
@@ -153,7 +163,7 @@ fn serve(settings: Settings, verbose: bool) -> Result<ExitCode> {
     } else {
         None
     };
-    runtime()?.block_on(run(settings, sockets, serving_cert, store, adopted))?;
+    runtime()?.block_on(run(settings, sockets, serving_cert, store, adopted, handed))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -163,6 +173,7 @@ async fn run(
     serving_cert: Option<tls::ServingCert>,
     store: FdStore,
     adopted: Vec<handover::Adopted>,
+    handed: Vec<crate::resume::Handed>,
 ) -> Result<()> {
     // Before anyone can learn we listen: a SIGTERM right after READY=1 must drain, not kill.
     let signals = Signals::install().context("cannot install signal handlers")?;
@@ -242,6 +253,7 @@ async fn run(
     let cut = server::serve_adopting(
         listeners,
         adopted,
+        handed,
         Arc::clone(&state),
         shutdown,
         settings.shutdown_grace,
@@ -251,7 +263,7 @@ async fn run(
         let kept = state.handed_over();
         info!(
             tunnels = kept,
-            "handed open tunnels over to the next start (fd store)"
+            "handed open tunnels over to the next start (fd store; a stop closes them)"
         );
         notify::stopping(&format!("handed over {kept} tunnels"));
     }

@@ -101,8 +101,8 @@ pub enum Refusal {
     #[error("Too many connections from your address; try again later.")]
     TooManyFromPeer,
     /// A RESUME for a tunnel this Host does not hold (it ended, its grace period passed,
-    /// or it never existed).
-    #[error("Resume refused: this Host holds no such tunnel (it ended, or it waited longer than its grace period).")]
+    /// the proxy crashed since, or it never existed).
+    #[error("Resume refused: this Host holds no such tunnel (it ended, it waited longer than its grace period, or the proxy crashed and lost it).")]
     ResumeUnknown,
     /// A RESUME whose proof, generation or transport does not match the tunnel.
     #[error("Resume refused: the resume proof does not match this tunnel.")]

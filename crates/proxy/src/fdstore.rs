@@ -4,7 +4,7 @@
 //!
 //! # Names
 //! A stored descriptor is named `<kind><serial>.<part>`, e.g. `t7.client`: the kind says
-//! what the group is ([`KINDS`]; [`PLAIN_TUNNEL`] for now), the serial numbers the group
+//! what the group is ([`KINDS`]: [`PLAIN_TUNNEL`], [`RESUMABLE_TUNNEL`]), the serial numbers the group
 //! (a process continues after the highest serial it adopted, so a serial is never used
 //! twice in one store), the part says which descriptor of the group it is. Names are
 //! ASCII without `:` (systemd joins them with `:` in `LISTEN_FDNAMES`).
@@ -42,8 +42,11 @@ use crate::config::FdStoreMode;
 pub const FDSTORE_ENV: &str = "FDSTORE";
 /// Kind of a plain (TCP ⇄ TCP, splice) tunnel's group.
 pub const PLAIN_TUNNEL: &str = "t";
+/// Kind of a resumable tunnel's group (`crate::resume`): its runner connection and
+/// session, stored at a SIGTERM only.
+pub const RESUMABLE_TUNNEL: &str = "r";
 /// Every group kind this build knows; other names are listening sockets.
-pub const KINDS: &[&str] = &[PLAIN_TUNNEL];
+pub const KINDS: &[&str] = &[PLAIN_TUNNEL, RESUMABLE_TUNNEL];
 /// Longest name accepted (systemd's own limit is 255).
 pub const MAX_NAME: usize = 255;
 /// Bytes of `LISTEN_FDNAMES` the stored names may take. systemd passes every name in
@@ -425,6 +428,38 @@ impl AsFd for StateFile {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// A new close-on-exec memfd named `name` holding what `write` puts in it (a resumable
+/// session's snapshot: raw bytes, written once).
+pub fn memfd_with(
+    name: &str,
+    write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    write(&mut file)?;
+    Ok(file.into())
+}
+
+/// The whole content of a passed memfd (a regular file), from its start, refused when
+/// longer than `max`.
+pub fn read_memfd(fd: OwnedFd, max: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = StateFile::adopt(fd)?;
+    let size = rustix::fs::fstat(&file.fd)?.st_size;
+    if usize::try_from(size).map_or(true, |n| n > max) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{size} bytes, more than {max}"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // The offset is shared with the writer's descriptor (at its end): read by position.
+    let mut reader = std::fs::File::from(file.fd);
+    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))?;
+    reader.take(max as u64).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// A stored socket that must be a connected TCP socket; made non-blocking.

@@ -71,12 +71,9 @@ where
         }
         target = request.target();
         if let AnyRequest::Extended(extended) = &request {
-            // Under the fd store a plain tunnel survives restarts in the kernel; a
-            // resumable one would not (its session lives in this process), so none is
-            // granted there until sessions go to the store too.
-            offer = extended
-                .resume
-                .filter(|_| state.resumables.enabled() && !state.fd_store().is_enabled());
+            // Under the fd store a resumable tunnel survives a restart too: its runner
+            // connection and session go to the store at SIGTERM (`crate::resume`).
+            offer = extended.resume.filter(|_| state.resumables.enabled());
         }
         let deciding = Instant::now();
         // Boxed: the decision's state (token, name and list lookups) would otherwise sit

@@ -202,7 +202,7 @@ pub struct ProxyState {
     trusted_proxies: Vec<Cidr>,
     fd_store: FdStore,
     handing_over: AtomicBool,
-    handed_over: AtomicU64,
+    pub(crate) handed_over: AtomicU64,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -295,14 +295,16 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> usize {
-    serve_adopting(listeners, Vec::new(), state, shutdown, grace).await
+    serve_adopting(listeners, Vec::new(), Vec::new(), state, shutdown, grace).await
 }
 
-/// [`serve`], relaying `adopted` tunnels (from the fd store) from the start. A shutdown
-/// after [`ProxyState::hand_over`] cuts everything at once instead of draining.
+/// [`serve`], relaying `adopted` plain tunnels (from the fd store) from the start and
+/// waiting for the clients of `handed` resumable ones. A shutdown after
+/// [`ProxyState::hand_over`] cuts everything at once instead of draining.
 pub(crate) async fn serve_adopting(
     listeners: Vec<Listener>,
     adopted: Vec<Adopted>,
+    handed: Vec<crate::resume::Handed>,
     state: Arc<ProxyState>,
     shutdown: CancellationToken,
     grace: Duration,
@@ -310,6 +312,8 @@ pub(crate) async fn serve_adopting(
     let tracker = TaskTracker::new();
     let force = CancellationToken::new();
     resume(&state, adopted, &tracker, &force);
+    // Registered before the first accept: a client may resume at once.
+    resume_handed(&state, handed, &tracker, &force);
     for listener in &listeners {
         // Accepted sockets inherit these from the listener: no per-connection calls.
         if let Err(e) = tune_tcp(&listener.tcp) {
@@ -382,6 +386,42 @@ fn resume(
         let slot = Admission::adopt(state, peer.ip());
         state.stats.tunnel_adopted(Transport::Plain);
         tracker.spawn(relay_own_pipes(slot, tunnel, force.clone()));
+    }
+}
+
+/// Registers resumable tunnels handed over by the previous process and gives each its
+/// task (waiting for the client's RESUME); they count in the limits as any other.
+fn resume_handed(
+    state: &Arc<ProxyState>,
+    handed: Vec<crate::resume::Handed>,
+    tracker: &TaskTracker,
+    force: &CancellationToken,
+) {
+    for tunnel in handed {
+        let peer = tunnel.record.peer;
+        let registered = tunnel.meta().and_then(|meta| {
+            let runner = TcpStream::from_std(tunnel.runner).map_err(|e| e.to_string())?;
+            let resumable = state
+                .resumables
+                .restore(tunnel.snapshot, meta.transport)
+                .map_err(|e| e.detail())?;
+            Ok((meta, runner, resumable))
+        });
+        let (meta, runner, resumable) = match registered {
+            Ok(parts) => parts,
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "cannot register a handed-over resumable tunnel");
+                continue;
+            }
+        };
+        let slot = Admission::adopt(state, peer.ip());
+        state.stats.tunnel_adopted(meta.transport);
+        let state = Arc::clone(state);
+        let force = force.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            crate::resume::run(state, runner, None, resumable, meta, force).await;
+        });
     }
 }
 
@@ -733,13 +773,13 @@ impl Connection {
     {
         let tracker = self.tracker.clone();
         if let Some(resumable) = established.resumable.take() {
-            let meta = crate::resume::Meta {
-                task_id: established.task_id,
-                peer: self.arrival.peer,
-                runner_addr: established.runner_addr,
-                user: established.user,
-                transport: self.arrival.transport,
-            };
+            let meta = crate::resume::Meta::new(
+                established.task_id,
+                self.arrival.peer,
+                established.runner_addr,
+                established.user,
+                self.arrival.transport,
+            );
             let Connection { slot, force, .. } = self;
             let state = Arc::clone(slot.state());
             tracker.spawn(async move {
@@ -748,7 +788,7 @@ impl Connection {
                 crate::resume::run(
                     state,
                     established.runner,
-                    Box::new(established.client),
+                    Some(Box::new(established.client)),
                     *resumable,
                     meta,
                     force,

@@ -784,12 +784,32 @@ pub struct Snapshot {
 impl Snapshot {
     /// `u32` header length, the header as JSON, then the held bytes raw.
     pub fn encode(&self) -> Vec<u8> {
-        let header = serde_json::to_vec(self).unwrap_or_default();
-        let mut out = Vec::with_capacity(4 + header.len() + self.held.len());
-        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&self.held);
+        let mut out = Vec::with_capacity(self.encoded_len());
+        let _ = self.write_to(&mut out);
         out
+    }
+
+    /// [`Snapshot::encode`] into `w` (a memfd for the next process), without a copy.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> io::Result<()> {
+        let header = serde_json::to_vec(self).map_err(io::Error::other)?;
+        w.write_all(&(header.len() as u32).to_be_bytes())?;
+        w.write_all(&header)?;
+        w.write_all(&self.held)
+    }
+
+    /// About how long [`Snapshot::encode`] is.
+    pub fn encoded_len(&self) -> usize {
+        4 + 512 + self.held.len()
+    }
+
+    /// Resumes accepted before it was taken.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes it holds for the peer (to be sent again after the resume).
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// Reads what [`Snapshot::encode`] wrote.
