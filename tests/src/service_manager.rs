@@ -52,6 +52,7 @@ pub struct ServiceManager {
     listener: TcpListener,
     store: Arc<(Mutex<Store>, Condvar)>,
     fdstore_env: Option<usize>,
+    listener_name: &'static str,
     barriers: Mutex<u64>,
 }
 
@@ -74,8 +75,16 @@ impl ServiceManager {
             listener,
             store,
             fdstore_env,
+            listener_name: "plain",
             barriers: Mutex::new(0),
         })
+    }
+
+    /// The same manager passing its listening socket as `name` (`FileDescriptorName=`
+    /// of the socket unit): `tls` makes it the daemon's TLS listener.
+    pub fn listener_named(mut self, name: &'static str) -> Self {
+        self.listener_name = name;
+        self
     }
 
     /// Where clients connect: the passed listening socket, the same for every process.
@@ -96,7 +105,7 @@ impl ServiceManager {
         let ready_before = lock(&self.store.0).ready;
         let mut passed = vec![(
             OwnedFd::from(self.listener.try_clone()?),
-            "plain".to_owned(),
+            self.listener_name.to_owned(),
         )];
         for (name, fd) in &lock(&self.store.0).fds {
             passed.push((fd.try_clone()?, name.clone()));

@@ -50,9 +50,19 @@ struct World {
     db: HakuDb,
     sm: ServiceManager,
     home: tempfile::TempDir,
+    /// What every proxy start gets (TLS: the listener role and one certificate).
+    proxy_args: Vec<String>,
+    /// What our client gets before `--stdio`.
+    client_args: Vec<String>,
 }
 
+/// Plain tunnels: our client with `--no-resume` (a plain tunnel, as HakuRiver's client
+/// opens, which the store keeps whole).
 fn world(fdstore_env: Option<usize>) -> World {
+    world_with(ServiceManager::new(fdstore_env).unwrap(), Vec::new())
+}
+
+fn world_with(sm: ServiceManager, proxy_args: Vec<String>) -> World {
     let sshd = Sshd::start().unwrap();
     let refused = RefusedPort::new().unwrap();
     let db = HakuDb::create(&fixtures::routing_db(sshd.port(), refused.port())).unwrap();
@@ -60,25 +70,32 @@ fn world(fdstore_env: Option<usize>) -> World {
         sshd,
         _refused: refused,
         db,
-        sm: ServiceManager::new(fdstore_env).unwrap(),
+        sm,
         home: tempfile::tempdir().unwrap(),
+        proxy_args,
+        client_args: vec!["--no-resume".to_owned()],
     }
 }
 
 impl World {
     fn start(&self, args: &[&str]) -> Proxy {
         self.sm
-            .start(Proxy::builder(self.db.path()).args(args))
+            .start(
+                Proxy::builder(self.db.path())
+                    .args(&self.proxy_args)
+                    .args(args),
+            )
             .unwrap()
     }
 
     /// `ssh` through the proxy with our client as ProxyCommand, running `remote`.
     fn ssh(&self, remote: &str) -> Command {
+        let extra: Vec<&str> = self.client_args.iter().map(String::as_str).collect();
         let mut cmd = ssh_via_client(
             &self.sshd,
             self.sm.addr(),
             &TASK_OK.to_string(),
-            &[],
+            &extra,
             self.home.path(),
         );
         cmd.arg(remote);
@@ -554,4 +571,230 @@ fn sigterm_without_the_store_still_drains() {
     w.sm.sync().unwrap();
     assert!(w.sm.stopping_count() >= 1);
     assert!(proxy.logs().contains("tunnel closed"), "{}", proxy.logs());
+}
+
+/// TLS tunnels with our client (resumable): the TLS state cannot pass to the next
+/// process, so at SIGTERM each tunnel's runner connection and session (its counts and
+/// the bytes the client has not acknowledged) go to the store, and the client resumes
+/// on the next process over a new TLS session, verified against the same CA.
+struct TlsWorld {
+    w: World,
+    _pki: tempfile::TempDir,
+}
+
+fn world_tls() -> TlsWorld {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let pki = tempfile::tempdir().unwrap();
+    let path = |name: &str| pki.path().join(name).display().to_string();
+    fs::write(path("ca.pem"), ca.pem()).unwrap();
+    fs::write(path("cert.pem"), cert.pem()).unwrap();
+    fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    let sm = ServiceManager::new(Some(FDSTORE))
+        .unwrap()
+        .listener_named("tls");
+    let proxy_args = [
+        "--tls",
+        "--tls-cert",
+        &path("cert.pem"),
+        "--tls-key",
+        &path("key.pem"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut w = world_with(sm, proxy_args);
+    w.client_args = ["-v", "--tls", "--ca-file", &path("ca.pem")]
+        .map(String::from)
+        .to_vec();
+    TlsWorld { w, _pki: pki }
+}
+
+/// The stored names form exactly one resumable tunnel's group (runner, record,
+/// session).
+fn one_handed_over_tunnel(sm: &ServiceManager) -> String {
+    let names = sm.stored_names();
+    let groups = tunnel_groups(&names);
+    assert_eq!(groups.len(), 1, "{names:?}");
+    assert!(groups[0].starts_with('r'), "{names:?}");
+    let mut parts: Vec<&str> = names
+        .iter()
+        .filter_map(|n| n.split_once('.').map(|(_, p)| p))
+        .collect();
+    parts.sort_unstable();
+    assert_eq!(parts, ["runner", "session", "state"], "{names:?}");
+    groups[0].clone()
+}
+
+/// SIGTERM at [`TERM_AT`] and again at [`KILL_AT`], a new start after each, the source
+/// released once the new process is up. Returns the last proxy.
+fn restart_twice_tls(
+    w: &World,
+    first: Proxy,
+    progress: &dyn Fn() -> usize,
+    go: &Sender<()>,
+) -> Proxy {
+    let mut proxy = first;
+    for at in [TERM_AT, KILL_AT] {
+        wait_for_progress("before the SIGTERM", at, progress);
+        let status = w.sm.stop(&proxy, Signal::SIGTERM).unwrap();
+        assert!(status.success(), "{status}\n{}", proxy.logs());
+        assert!(
+            proxy.logs().contains("handed open tunnels over"),
+            "{}",
+            proxy.logs()
+        );
+        one_handed_over_tunnel(&w.sm);
+        let next = w.start(&[]);
+        next.wait_for_log("adopted 1 tunnels from the fd store", WAIT)
+            .unwrap();
+        // The session lives in the new process now: the store holds nothing of it.
+        w.sm.sync().unwrap();
+        assert!(w.sm.stored_names().is_empty(), "{:?}", w.sm.stored_names());
+        next.wait_for_log("tunnel resumed", WAIT).unwrap();
+        go.send(()).unwrap();
+        proxy = next;
+    }
+    proxy
+}
+
+/// Our client's `-v` lines: one "tunnel resumed after" per restart.
+fn assert_resumed_twice(client_log: &str) {
+    let resumed = client_log.matches("tunnel resumed after").count();
+    assert_eq!(resumed, 2, "{client_log}");
+}
+
+#[test]
+fn tls_upload_survives_two_sigterm_restarts() {
+    let tls = world_tls();
+    let w = &tls.w;
+    let proxy = w.start(&[]);
+    let data = Arc::new(random_bytes(TOTAL, 13));
+    let target = w.sshd.dir().join("upload.bin");
+    let mut cmd = w.ssh(&format!("cat > {}", target.display()));
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let ssh = spawn("ssh", &mut cmd);
+    let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
+    let stdin = ssh.take_stdin().unwrap();
+    let source = paced(move || Ok(stdin), Vec::new(), Arc::clone(&data), Vec::new());
+    let progress = || file_size(&target);
+    let last = restart_twice_tls(w, proxy, &progress, &source.go);
+    source.done.join().unwrap().unwrap();
+    let status = ssh.wait_timeout(WAIT).unwrap();
+    assert!(status.success(), "ssh: {status}\n{}", stderr.text());
+    assert_eq!(
+        sha256_hex(&fs::read(&target).unwrap()),
+        sha256_hex(&data),
+        "uploaded file differs"
+    );
+    let line = closed_and_removed(w, &last);
+    assert_eq!(field_u64(&line, "handovers"), 2, "{line}");
+    // ssh's own framing on top: more than the file, counted across all three processes.
+    assert!(field_u64(&line, "bytes_up") > TOTAL as u64, "{line}");
+    assert_resumed_twice(&stderr.text());
+}
+
+#[test]
+fn tls_download_survives_two_sigterm_restarts() {
+    let tls = world_tls();
+    let w = &tls.w;
+    let proxy = w.start(&[]);
+    let data = Arc::new(random_bytes(TOTAL, 14));
+    let fifo = w.sshd.dir().join("download.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut cmd = w.ssh(&format!("cat {}", fifo.display()));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let ssh = spawn("ssh", &mut cmd);
+    let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
+    let got = received(ssh.take_stdout().unwrap());
+    let source = paced_into_fifo(&fifo, &data);
+    let count = Arc::clone(&got.count);
+    let progress = move || count.load(Ordering::Relaxed);
+    let last = restart_twice_tls(w, proxy, &progress, &source.go);
+    source.done.join().unwrap().unwrap();
+    let status = ssh.wait_timeout(WAIT).unwrap();
+    assert!(status.success(), "ssh: {status}\n{}", stderr.text());
+    let got = got.done.join().unwrap();
+    assert_eq!(got.len(), TOTAL);
+    assert_eq!(
+        sha256_hex(&got),
+        sha256_hex(&data),
+        "downloaded bytes differ"
+    );
+    let line = closed_and_removed(w, &last);
+    assert!(field_u64(&line, "bytes_down") > TOTAL as u64, "{line}");
+    assert_resumed_twice(&stderr.text());
+}
+
+/// What a crash does to a TLS tunnel: the bytes the dead process held for the client
+/// (read from the runner, not yet acknowledged) died with it, and nothing was stored
+/// (resumable tunnels go to the store at a SIGTERM only). The next process does not
+/// know the tunnel: the client's resume is refused, it says so in one line and exits
+/// 255 as ssh does on a lost connection; the VPS side sees its connection close.
+#[test]
+fn sigkill_ends_a_tls_tunnel_with_one_line() {
+    let tls = world_tls();
+    let w = &tls.w;
+    let proxy = w.start(&[]);
+    let data = Arc::new(random_bytes(TOTAL, 15));
+    let fifo = w.sshd.dir().join("download.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut cmd = w.ssh(&format!("cat {}", fifo.display()));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let ssh = spawn("ssh", &mut cmd);
+    let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
+    let got = received(ssh.take_stdout().unwrap());
+    let source = paced_into_fifo(&fifo, &data);
+    let count = Arc::clone(&got.count);
+    wait_for_progress("before the SIGKILL", TERM_AT, &|| {
+        count.load(Ordering::Relaxed)
+    });
+    let killed = Instant::now();
+    w.sm.stop(&proxy, Signal::SIGKILL).unwrap();
+    assert!(w.sm.stored_names().is_empty(), "{:?}", w.sm.stored_names());
+    let next = w.start(&[]);
+    let status = ssh.wait_timeout(WAIT).unwrap();
+    let ended_after = killed.elapsed();
+    drop(source.go);
+    assert_eq!(status.code(), Some(255), "{}", stderr.text());
+    let text = stderr.text();
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("refused to resume the session"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{text}");
+    assert!(ours[0].contains("holds no such tunnel"), "{text}");
+    next.wait_for_log("resume refused", WAIT).unwrap();
+    let got = got.done.join().unwrap();
+    // What arrived is a prefix of the data, cut where the crash lost bytes.
+    assert!(
+        got.len() < TOTAL && data.starts_with(&got),
+        "{} bytes",
+        got.len()
+    );
+    eprintln!(
+        "SIGKILL mid-download: ssh ended {ended_after:?} later with exit 255 after {} of {TOTAL} bytes: {}",
+        got.len(),
+        ours[0]
+    );
 }
