@@ -5,6 +5,7 @@
 //!
 //! - 100 MB up and 100 MB down survive five breaks each, byte for byte (sha256), and ssh
 //!   exits 0.
+//! - The interactive mode keeps its local listener and its one ssh across breaks.
 //! - A break longer than the grace period ends the session: our client says so in one
 //!   line and exits 255 (as ssh does on a lost connection), and the proxy closes the
 //!   runner connection.
@@ -336,8 +337,26 @@ struct Echo {
 
 impl Echo {
     fn start(world: &World, relay: &Relay) -> Echo {
-        let mut child = world
-            .ssh(relay, "cat")
+        Echo::spawn(world.ssh(relay, "cat"))
+    }
+
+    /// The interactive mode: `hakuriver-ssh -v TASK <ssh options> cat`, our client
+    /// running ssh against its local listener.
+    fn interactive(world: &World, relay: &Relay) -> Echo {
+        let mut cmd = Command::new(hakuriver_ssh_tests::bin_path("hakuriver-ssh"));
+        cmd.env("HOME", world.home.path())
+            .env_remove("HAKURIVER_CONFIG")
+            .env_remove("HAKURIVER_SSH_LOG")
+            .args(["-v", "--host", "127.0.0.1", "--proxy-port"])
+            .arg(relay.addr().port().to_string())
+            .arg(TASK_OK.to_string())
+            .args(world.sshd.ssh_opts())
+            .arg("cat");
+        Echo::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Echo {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -363,6 +382,24 @@ impl Echo {
         self.stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim_end(), text);
     }
+}
+
+#[test]
+fn the_interactive_mode_keeps_ssh_across_breaks() {
+    let world = World::start("");
+    let mut relay = Relay::start(world.proxy.addr(), world.work.path());
+    let mut echo = Echo::interactive(&world, &relay);
+    for i in 0..3 {
+        relay.break_and_restore();
+        echo.round_trip(&format!("after break {i}"));
+    }
+    drop(echo.stdin);
+    let status = wait_child(&mut echo.child);
+    let log = echo.stderr.take().unwrap().join().unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert_eq!(log.matches("tunnel resumed after").count(), 3, "{log}");
+    // One ssh ran for the whole session: it never saw the breaks.
+    assert_eq!(log.matches("starting ssh").count(), 1, "{log}");
 }
 
 #[test]
