@@ -19,6 +19,10 @@
 #     `kill -9` of the MainPID; each new process must adopt the open tunnel from the fd
 #     store (journal line "adopted N tunnels"), and the upload must finish intact.
 #     The journal's byte counts must follow the documented handover semantics.
+#     Plain tunnels here (`--no-resume`): they survive the crash too.
+#  3b. A resumable session (our client's default) across `systemctl restart`: its
+#     session goes to the store at SIGTERM, the next process adopts it, the client
+#     resumes, and a line typed after the restart still echoes through the same ssh.
 #  4. `systemctl stop` with a tunnel open: the stored tunnel is closed (ssh ends).
 #
 # Run as root (CI does). Missing tools are installed (docker.io, openssh, socat,
@@ -301,9 +305,14 @@ PORT=$(docker port "$CID" 8002/tcp | sed -n 's/^127\.0\.0\.1:\([0-9][0-9]*\)$/\1
 say "hakuriver-ssh-proxy.socket listening, published on 127.0.0.1:$PORT"
 
 echo "hakuriver-$TASK_ID $(awk '{print $1, $2}' "$WORK/sshd/host_ed25519.pub")" >"$WORK/known_hosts"
-SSH=(ssh -F /dev/null -i "$WORK/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes
-     -o UserKnownHostsFile="$WORK/known_hosts" -o LogLevel=ERROR -o ServerAliveInterval=0
-     -o "ProxyCommand=$CLIENT --host 127.0.0.1 --proxy-port $PORT --stdio %n" -l root "hakuriver-$TASK_ID")
+SSH_BASE=(ssh -F /dev/null -i "$WORK/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes
+     -o UserKnownHostsFile="$WORK/known_hosts" -o LogLevel=ERROR -o ServerAliveInterval=0)
+SSH=("${SSH_BASE[@]}" -o "ProxyCommand=$CLIENT --host 127.0.0.1 --proxy-port $PORT --no-resume --stdio %n"
+     -l root "hakuriver-$TASK_ID")
+# The same with a resumable tunnel (our client's default): the session, not the client
+# connection, goes to the store at SIGTERM, and the client resumes on the next process.
+SSH_RESUMABLE=("${SSH_BASE[@]}" -o "ProxyCommand=$CLIENT -v --host 127.0.0.1 --proxy-port $PORT --stdio %n"
+     -l root "hakuriver-$TASK_ID")
 export HOME=$WORK/home   # no ~/.hakuriver or ~/.ssh of the caller's
 
 out=$(timeout "$WAIT_SECS" "${SSH[@]}" 'echo "hello from $(hostname) via $SSH_CONNECTION"') ||
@@ -411,6 +420,36 @@ up_closed=$(up_of "$pid_crash" tunnel_closed)
   fail "after SIGKILL the record should hold the last handover's count ($up_restart), got ${up_crash:-none}"
 [ "${up_closed:-0}" -gt "$up_restart" ] || fail "the closing line does not count on from the adopted record"
 say "  counters: handed over at restart $up_restart, after SIGKILL $up_crash (the killed process's bytes uncounted), closed at $up_closed"
+
+# ------------------------------------------------------------------ 3b. a resumable session
+# An interactive-style session (a remote `cat` echoing lines from a FIFO this script
+# holds open) across `systemctl restart`: the proxy stores the session (group r<n>),
+# the next process adopts it and the client resumes; a line written after the restart
+# comes back through the same ssh.
+mkfifo "$WORK/res.in"
+exec {RES_HOLD}<>"$WORK/res.in"
+# (ssh must not inherit the script's write end, or closing it would not end the session)
+timeout "$WAIT_SECS" "${SSH_RESUMABLE[@]}" 'echo open; exec cat' <"$WORK/res.in" >"$WORK/res.out" 2>"$WORK/res.err" {RES_HOLD}>&- &
+RES=$!; BG_PIDS+=("$RES")
+res_line() { grep -qx "$1" "$WORK/res.out"; }
+wait_until "the resumable session" res_line open
+echo "before the restart" >&"$RES_HOLD"
+wait_until "the echo before the restart" res_line "before the restart"
+pid3=$(main_pid); a3=$(adoptions)
+timeout "$WAIT_SECS" docker exec "$CID" systemctl restart hakuriver-ssh-proxy.service || fail "restart (resumable) failed"
+wait_until "an adoption line for the resumable session" new_adoption "$a3"
+adopted_one
+proxy_journal | grep -qE "hakuriver-ssh-proxy\[$(main_pid)\]: resumable tunnel adopted from the fd store" ||
+  fail "the adopted tunnel is not the resumable one: $(last_adoption)"
+res_resumed() { grep -q 'tunnel resumed after' "$WORK/res.err"; }
+wait_until "the client to resume on the new process" res_resumed
+echo "after the restart" >&"$RES_HOLD"
+wait_until "the echo after the restart" res_line "after the restart"
+exec {RES_HOLD}>&-
+rc=0; wait "$RES" || rc=$?
+[ "$rc" = 0 ] || fail "the resumable session ended with $rc: $(cat "$WORK/res.err")"
+say "resumable session across systemctl restart (MainPID $pid3 -> $(main_pid)): $(grep -o 'tunnel resumed after [0-9.]*s' "$WORK/res.err" | head -1); echo after the restart came back; ssh exit 0"
+proxy_journal | grep -E 'tunnel resumed' | tail -1 | indent
 
 # ------------------------------------------------------------------ 4. stop closes them
 # An idle session (its stdin a FIFO this script holds open), adopted across one more
