@@ -23,6 +23,7 @@ pub mod fixtures;
 pub mod haku;
 pub mod kohaku;
 pub mod net;
+pub mod netbreak;
 pub mod process;
 pub mod proxy;
 pub mod robust;

@@ -798,3 +798,81 @@ fn sigkill_ends_a_tls_tunnel_with_one_line() {
         ours[0]
     );
 }
+
+/// The interactive mode over TLS, through a network the test breaks: the proxy is
+/// restarted (SIGTERM, a new start) and later the network drops every connection; one
+/// ssh, run by our client against its local listener, keeps echoing lines throughout.
+/// The exchange is printed (`--nocapture`) as the transcript of such a session.
+#[test]
+fn an_interactive_session_survives_a_restart_and_a_network_break() {
+    use std::io::BufRead;
+    let tls = world_tls();
+    let w = &tls.w;
+    let proxy = w.start(&[]);
+    let mut relay = hakuriver_ssh_tests::netbreak::Relay::start(w.sm.addr(), w.sm.dir());
+    let mut cmd = Command::new(hakuriver_ssh_tests::bin_path("hakuriver-ssh"));
+    cmd.env("HOME", w.home.path())
+        .env_remove("HAKURIVER_CONFIG")
+        .env_remove("HAKURIVER_SSH_LOG")
+        .args(&w.client_args)
+        .args(["--host", "127.0.0.1", "--proxy-port"])
+        .arg(relay.addr().port().to_string())
+        .arg(TASK_OK.to_string())
+        .args(w.sshd.ssh_opts())
+        .arg("while read -r line; do echo \"$(date +%T) vps: $line\"; done")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let client = spawn("hakuriver-ssh", &mut cmd);
+    let log = LogBuffer::drain(client.take_stderr().unwrap(), None);
+    let mut stdin = client.take_stdin().unwrap();
+    let (lines_tx, lines) = channel::<String>();
+    let stdout = client.take_stdout().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut transcript = Vec::new();
+    let mut say = |text: &str, transcript: &mut Vec<String>| {
+        writeln!(stdin, "{text}").unwrap();
+        let got = lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("no echo of {text:?}: {e}\n{}", log.text()));
+        assert!(got.ends_with(&format!("vps: {text}")), "{got}");
+        transcript.push(format!("> {text}\n{got}"));
+    };
+    say("hello before anything happens", &mut transcript);
+
+    w.sm.stop(&proxy, Signal::SIGTERM).unwrap();
+    one_handed_over_tunnel(&w.sm);
+    transcript.push("[systemctl restart hakuriver-ssh-proxy: SIGTERM, new process]".into());
+    let next = w.start(&[]);
+    next.wait_for_log("tunnel resumed", WAIT).unwrap();
+    say("typed after the proxy restarted", &mut transcript);
+
+    relay.break_and_restore();
+    transcript.push("[network break: every connection between client and Host ends]".into());
+    say("typed after the network broke", &mut transcript);
+
+    // End of input: the remote loop ends, ssh exits, so does our client.
+    drop(stdin);
+    let status = client.wait_timeout(WAIT).unwrap();
+    let text = log.text();
+    assert!(status.success(), "{status}\n{text}");
+    assert_eq!(text.matches("tunnel resumed after").count(), 2, "{text}");
+    assert_eq!(text.matches("starting ssh").count(), 1, "{text}");
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("lost; resuming") || l.contains("tunnel resumed after"))
+        .collect();
+    eprintln!(
+        "--- transcript ---\n{}\n--- hakuriver-ssh -v ---\n{}",
+        transcript.join("\n"),
+        ours.join("\n")
+    );
+    next.wait_for_log("tunnel closed", WAIT).unwrap();
+}

@@ -14,16 +14,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hakuriver_ssh_tests::fixtures::{self, TASK_OK};
+use hakuriver_ssh_tests::netbreak::Relay;
 use hakuriver_ssh_tests::robust::{established_on_port, ssh_via_client, wait_until};
 use hakuriver_ssh_tests::{random_bytes, sha256_hex, HakuDb, Proxy, RefusedPort, Sshd};
 use tempfile::TempDir;
@@ -31,148 +30,6 @@ use tempfile::TempDir;
 const WAIT: Duration = Duration::from_secs(60);
 const TRANSFER: usize = 100 * 1024 * 1024;
 const BREAKS: usize = 5;
-
-/// A TCP relay between client and proxy, in the test process: a break shuts down every
-/// connection it carries (both sides see their connection end, as under a network
-/// change); the listener stays, so the client reconnects to the same address, with no
-/// port to rebind. Each generation (the connections accepted between two breaks) keeps
-/// what it relayed each way, so a test can read the lines.
-struct Relay {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    generation: usize,
-}
-
-#[derive(Default)]
-struct Shared {
-    state: Mutex<RelayState>,
-}
-
-#[derive(Default)]
-struct RelayState {
-    generation: usize,
-    down: bool,
-    open: Vec<TcpStream>,
-    up: HashMap<usize, Vec<u8>>,
-    down_bytes: HashMap<usize, Vec<u8>>,
-}
-
-impl Relay {
-    fn start(target: SocketAddr, _dir: &Path) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
-        shared.state.lock().unwrap().generation = 1;
-        let accepting = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let mut state = accepting.state.lock().unwrap();
-                if state.down {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(target) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let generation = state.generation;
-                state.open.push(client.try_clone().unwrap());
-                state.open.push(server.try_clone().unwrap());
-                drop(state);
-                pump(
-                    &accepting,
-                    client.try_clone().unwrap(),
-                    server.try_clone().unwrap(),
-                    generation,
-                    true,
-                );
-                pump(&accepting, server, client, generation, false);
-            }
-        });
-        Relay {
-            addr,
-            shared,
-            generation: 1,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Shuts down every connection it carries; with `down`, refuses new ones too.
-    fn cut(&mut self, down: bool) {
-        let mut state = self.shared.state.lock().unwrap();
-        for stream in state.open.drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        state.down = down;
-        state.generation += 1;
-        self.generation = state.generation;
-    }
-
-    /// The network goes away for good.
-    fn kill(&mut self) {
-        self.cut(true);
-    }
-
-    /// A break: the connections end, the next ones go through.
-    fn break_and_restore(&mut self) {
-        self.cut(false);
-    }
-
-    /// What the client sent in generation `n`.
-    fn upstream(&self, n: usize) -> Vec<u8> {
-        let state = self.shared.state.lock().unwrap();
-        state.up.get(&n).cloned().unwrap_or_default()
-    }
-
-    /// What the proxy sent back in generation `n`.
-    fn downstream(&self, n: usize) -> Vec<u8> {
-        let state = self.shared.state.lock().unwrap();
-        state.down_bytes.get(&n).cloned().unwrap_or_default()
-    }
-}
-
-/// Copies `from` to `to` on a thread, recording the bytes; EOF is passed on as a write
-/// shutdown, an error (a break) ends both.
-fn pump(shared: &Arc<Shared>, mut from: TcpStream, mut to: TcpStream, generation: usize, up: bool) {
-    let shared = Arc::clone(shared);
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => {
-                    let _ = to.shutdown(Shutdown::Write);
-                    return;
-                }
-                Ok(n) => {
-                    {
-                        let mut state = shared.state.lock().unwrap();
-                        let log = if up {
-                            state.up.entry(generation).or_default()
-                        } else {
-                            state.down_bytes.entry(generation).or_default()
-                        };
-                        // The lines are at the start; bulk bytes need not be kept.
-                        if log.len() < 64 * 1024 {
-                            log.extend_from_slice(&buf[..n]);
-                        }
-                    }
-                    if to.write_all(&buf[..n]).is_err() {
-                        let _ = from.shutdown(Shutdown::Both);
-                        return;
-                    }
-                }
-                Err(_) => {
-                    let _ = to.shutdown(Shutdown::Both);
-                    return;
-                }
-            }
-        }
-    });
-}
 
 struct World {
     sshd: Sshd,
@@ -465,7 +322,7 @@ fn replayed_forged_and_foreign_resumes_are_refused_and_disturb_nothing() {
     let mut a = Echo::start(&world, &relay_a);
     let mut b = Echo::start(&world, &relay_b);
     let grant_b = line_starting(
-        &relay_b.downstream(relay_b.generation),
+        &relay_b.downstream(relay_b.generation()),
         "SUCCESS RESUMABLE ",
     )
     .expect("b's grant");
@@ -473,11 +330,11 @@ fn replayed_forged_and_foreign_resumes_are_refused_and_disturb_nothing() {
 
     // A break: the client resumes through the next relay instance, which records the
     // RESUME line.
-    let before = relay_a.generation;
+    let before = relay_a.generation();
     relay_a.break_and_restore();
     a.round_trip("after the break");
     let resume = line_starting(
-        &relay_a.upstream(relay_a.generation),
+        &relay_a.upstream(relay_a.generation()),
         "HAKURIVER_SSH/1 RESUME ",
     )
     .unwrap_or_else(|| panic!("no RESUME after instance {before}"));
