@@ -449,7 +449,17 @@ exec {RES_HOLD}>&-
 rc=0; wait "$RES" || rc=$?
 [ "$rc" = 0 ] || fail "the resumable session ended with $rc: $(cat "$WORK/res.err")"
 say "resumable session across systemctl restart (MainPID $pid3 -> $(main_pid)): $(grep -o 'tunnel resumed after [0-9.]*s' "$WORK/res.err" | head -1); echo after the restart came back; ssh exit 0"
-proxy_journal | grep -E 'tunnel resumed' | tail -1 | indent
+# The resume's structured journal fields: the task, the bytes replayed, the time offline.
+resume_fields=$(in_ct journalctl -u hakuriver-ssh-proxy.service -o json --no-pager | python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    if e.get("MESSAGE") == "tunnel resumed":
+        print(" ".join(k + "=" + str(e.get(k, "-")) for k in ("_PID", "MESSAGE", "TASK_ID", "GENERATION", "BYTES_REPLAYED", "OFFLINE_MS", "PEER")))' |
+  tail -1)
+say "  journal: $resume_fields"
+echo "$resume_fields" | grep -qE "TASK_ID=$TASK_ID GENERATION=[0-9]+ BYTES_REPLAYED=[0-9]+ OFFLINE_MS=[0-9]+ PEER=[^ ]+:[0-9]+" ||
+  fail "the resume's journal fields are missing: $resume_fields"
 
 # ------------------------------------------------------------------ 4. stop closes them
 # An idle session (its stdin a FIFO this script holds open), adopted across one more
