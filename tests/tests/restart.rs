@@ -261,30 +261,121 @@ fn spawn(name: &str, cmd: &mut Command) -> Process {
     Process::spawn(name, cmd).unwrap()
 }
 
+/// A 100 MB `ssh … 'cat > file'` through the proxy, fed by a paced source.
+struct Upload {
+    ssh: Process,
+    stderr: LogBuffer,
+    source: Paced,
+    data: Arc<Vec<u8>>,
+    target: std::path::PathBuf,
+}
+
+impl Upload {
+    fn start(w: &World, seed: u64) -> Upload {
+        let data = Arc::new(random_bytes(TOTAL, seed));
+        let target = w.sshd.dir().join("upload.bin");
+        let mut cmd = w.ssh(&format!("cat > {}", target.display()));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let ssh = spawn("ssh", &mut cmd);
+        let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
+        let stdin = ssh.take_stdin().unwrap();
+        let source = paced(move || Ok(stdin), Vec::new(), Arc::clone(&data), Vec::new());
+        Upload {
+            ssh,
+            stderr,
+            source,
+            data,
+            target,
+        }
+    }
+
+    /// Bytes on the VPS so far.
+    fn progress(&self) -> usize {
+        file_size(&self.target)
+    }
+
+    /// Waits for the source and ssh; ssh's exit 0 and the file's sha256 checked.
+    /// Returns ssh's stderr (our client's lines).
+    fn finish(self) -> String {
+        self.source.done.join().unwrap().unwrap();
+        let status = self.ssh.wait_timeout(WAIT).unwrap();
+        assert!(status.success(), "ssh: {status}\n{}", self.stderr.text());
+        assert_eq!(
+            sha256_hex(&fs::read(&self.target).unwrap()),
+            sha256_hex(&self.data),
+            "uploaded file differs"
+        );
+        self.stderr.text()
+    }
+}
+
+/// A 100 MB `ssh … 'cat fifo'` through the proxy, the fifo fed by a paced source.
+struct Download {
+    ssh: Process,
+    stderr: LogBuffer,
+    got: Received,
+    source: Paced,
+    data: Arc<Vec<u8>>,
+}
+
+impl Download {
+    fn start(w: &World, seed: u64) -> Download {
+        let data = Arc::new(random_bytes(TOTAL, seed));
+        let fifo = w.sshd.dir().join("download.fifo");
+        assert!(Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let mut cmd = w.ssh(&format!("cat {}", fifo.display()));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let ssh = spawn("ssh", &mut cmd);
+        let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
+        let got = received(ssh.take_stdout().unwrap());
+        // Opening the fifo waits for the remote `cat` to open it.
+        let source = paced_into_fifo(&fifo, &data);
+        Download {
+            ssh,
+            stderr,
+            got,
+            source,
+            data,
+        }
+    }
+
+    /// Bytes received so far (a counter the caller may keep).
+    fn counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.got.count)
+    }
+
+    /// Waits for the source and ssh; ssh's exit 0 and the bytes' sha256 checked.
+    /// Returns ssh's stderr (our client's lines).
+    fn finish(self) -> String {
+        self.source.done.join().unwrap().unwrap();
+        let status = self.ssh.wait_timeout(WAIT).unwrap();
+        assert!(status.success(), "ssh: {status}\n{}", self.stderr.text());
+        let got = self.got.done.join().unwrap();
+        assert_eq!(got.len(), TOTAL);
+        assert_eq!(
+            sha256_hex(&got),
+            sha256_hex(&self.data),
+            "downloaded bytes differ"
+        );
+        self.stderr.text()
+    }
+}
+
 #[test]
 fn ssh_upload_survives_sigterm_and_sigkill_restarts() {
     let w = world(Some(FDSTORE));
     let proxy = w.start(&[]);
-    let data = Arc::new(random_bytes(TOTAL, 11));
-    let target = w.sshd.dir().join("upload.bin");
-    let mut cmd = w.ssh(&format!("cat > {}", target.display()));
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let ssh = spawn("ssh", &mut cmd);
-    let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
-    let stdin = ssh.take_stdin().unwrap();
-    let source = paced(move || Ok(stdin), Vec::new(), Arc::clone(&data), Vec::new());
-    let progress = || file_size(&target);
-    let last = restart_twice(&w, proxy, &[], &progress, &source.go);
-    source.done.join().unwrap().unwrap();
-    let status = ssh.wait_timeout(WAIT).unwrap();
-    assert!(status.success(), "ssh: {status}\n{}", stderr.text());
-    assert_eq!(
-        sha256_hex(&fs::read(&target).unwrap()),
-        sha256_hex(&data),
-        "uploaded file differs"
-    );
+    let upload = Upload::start(&w, 11);
+    let last = restart_twice(&w, proxy, &[], &|| upload.progress(), &upload.source.go);
+    upload.finish();
     let line = closed_and_removed(&w, &last);
     assert!(line.contains("task_id=1"), "{line}");
 }
@@ -293,35 +384,11 @@ fn ssh_upload_survives_sigterm_and_sigkill_restarts() {
 fn ssh_download_survives_sigterm_and_sigkill_restarts() {
     let w = world(Some(FDSTORE));
     let proxy = w.start(&[]);
-    let data = Arc::new(random_bytes(TOTAL, 12));
-    let fifo = w.sshd.dir().join("download.fifo");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let mut cmd = w.ssh(&format!("cat {}", fifo.display()));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let ssh = spawn("ssh", &mut cmd);
-    let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
-    let got = received(ssh.take_stdout().unwrap());
-    // Opening the fifo waits for the remote `cat` to open it.
-    let source = paced_into_fifo(&fifo, &data);
-    let count = Arc::clone(&got.count);
+    let download = Download::start(&w, 12);
+    let count = download.counter();
     let progress = move || count.load(Ordering::Relaxed);
-    let last = restart_twice(&w, proxy, &[], &progress, &source.go);
-    source.done.join().unwrap().unwrap();
-    let status = ssh.wait_timeout(WAIT).unwrap();
-    assert!(status.success(), "ssh: {status}\n{}", stderr.text());
-    let got = got.done.join().unwrap();
-    assert_eq!(got.len(), TOTAL);
-    assert_eq!(
-        sha256_hex(&got),
-        sha256_hex(&data),
-        "downloaded bytes differ"
-    );
+    let last = restart_twice(&w, proxy, &[], &progress, &download.source.go);
+    download.finish();
     closed_and_removed(&w, &last);
 }
 
@@ -675,31 +742,14 @@ fn tls_upload_survives_two_sigterm_restarts() {
     let tls = world_tls();
     let w = &tls.w;
     let proxy = w.start(&[]);
-    let data = Arc::new(random_bytes(TOTAL, 13));
-    let target = w.sshd.dir().join("upload.bin");
-    let mut cmd = w.ssh(&format!("cat > {}", target.display()));
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let ssh = spawn("ssh", &mut cmd);
-    let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
-    let stdin = ssh.take_stdin().unwrap();
-    let source = paced(move || Ok(stdin), Vec::new(), Arc::clone(&data), Vec::new());
-    let progress = || file_size(&target);
-    let last = restart_twice_tls(w, proxy, &progress, &source.go);
-    source.done.join().unwrap().unwrap();
-    let status = ssh.wait_timeout(WAIT).unwrap();
-    assert!(status.success(), "ssh: {status}\n{}", stderr.text());
-    assert_eq!(
-        sha256_hex(&fs::read(&target).unwrap()),
-        sha256_hex(&data),
-        "uploaded file differs"
-    );
+    let upload = Upload::start(w, 13);
+    let last = restart_twice_tls(w, proxy, &|| upload.progress(), &upload.source.go);
+    let client_log = upload.finish();
     let line = closed_and_removed(w, &last);
     assert_eq!(field_u64(&line, "handovers"), 2, "{line}");
     // ssh's own framing on top: more than the file, counted across all three processes.
     assert!(field_u64(&line, "bytes_up") > TOTAL as u64, "{line}");
-    assert_resumed_twice(&stderr.text());
+    assert_resumed_twice(&client_log);
 }
 
 #[test]
@@ -707,37 +757,14 @@ fn tls_download_survives_two_sigterm_restarts() {
     let tls = world_tls();
     let w = &tls.w;
     let proxy = w.start(&[]);
-    let data = Arc::new(random_bytes(TOTAL, 14));
-    let fifo = w.sshd.dir().join("download.fifo");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let mut cmd = w.ssh(&format!("cat {}", fifo.display()));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let ssh = spawn("ssh", &mut cmd);
-    let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
-    let got = received(ssh.take_stdout().unwrap());
-    let source = paced_into_fifo(&fifo, &data);
-    let count = Arc::clone(&got.count);
+    let download = Download::start(w, 14);
+    let count = download.counter();
     let progress = move || count.load(Ordering::Relaxed);
-    let last = restart_twice_tls(w, proxy, &progress, &source.go);
-    source.done.join().unwrap().unwrap();
-    let status = ssh.wait_timeout(WAIT).unwrap();
-    assert!(status.success(), "ssh: {status}\n{}", stderr.text());
-    let got = got.done.join().unwrap();
-    assert_eq!(got.len(), TOTAL);
-    assert_eq!(
-        sha256_hex(&got),
-        sha256_hex(&data),
-        "downloaded bytes differ"
-    );
+    let last = restart_twice_tls(w, proxy, &progress, &download.source.go);
+    let client_log = download.finish();
     let line = closed_and_removed(w, &last);
     assert!(field_u64(&line, "bytes_down") > TOTAL as u64, "{line}");
-    assert_resumed_twice(&stderr.text());
+    assert_resumed_twice(&client_log);
 }
 
 /// What a crash does to a TLS tunnel: the bytes the dead process held for the client
@@ -750,22 +777,8 @@ fn sigkill_ends_a_tls_tunnel_with_one_line() {
     let tls = world_tls();
     let w = &tls.w;
     let proxy = w.start(&[]);
-    let data = Arc::new(random_bytes(TOTAL, 15));
-    let fifo = w.sshd.dir().join("download.fifo");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let mut cmd = w.ssh(&format!("cat {}", fifo.display()));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let ssh = spawn("ssh", &mut cmd);
-    let stderr = LogBuffer::drain(ssh.take_stderr().unwrap(), None);
-    let got = received(ssh.take_stdout().unwrap());
-    let source = paced_into_fifo(&fifo, &data);
-    let count = Arc::clone(&got.count);
+    let download = Download::start(w, 15);
+    let count = download.counter();
     wait_for_progress("before the SIGKILL", TERM_AT, &|| {
         count.load(Ordering::Relaxed)
     });
@@ -773,6 +786,13 @@ fn sigkill_ends_a_tls_tunnel_with_one_line() {
     w.sm.stop(&proxy, Signal::SIGKILL).unwrap();
     assert!(w.sm.stored_names().is_empty(), "{:?}", w.sm.stored_names());
     let next = w.start(&[]);
+    let Download {
+        ssh,
+        stderr,
+        got,
+        source,
+        data,
+    } = download;
     let status = ssh.wait_timeout(WAIT).unwrap();
     let ended_after = killed.elapsed();
     drop(source.go);

@@ -125,6 +125,19 @@ impl StoredGroup {
         self.fds.iter().map(|(p, _)| self.id.name(p)).collect()
     }
 
+    /// [`StoredGroup::names`] and the names of `parts` not passed: what to remove so
+    /// nothing of the group stays in the store, whatever came back of it.
+    pub fn names_with(&self, parts: &[&str]) -> Vec<String> {
+        let mut names = self.names();
+        for part in parts {
+            let name = self.id.name(part);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// `Err` naming what is missing, doubled or unknown unless the group holds each of
     /// `parts` exactly once and nothing else.
     pub fn check_parts(&self, parts: &[&str]) -> Result<(), String> {

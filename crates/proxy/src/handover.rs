@@ -212,13 +212,7 @@ pub(crate) fn adopt_all(store: &FdStore, groups: Vec<StoredGroup>) -> Vec<Adopte
     let mut adopted = Vec::with_capacity(groups.len());
     for group in groups {
         let id = group.id;
-        let mut names = group.names();
-        for part in PARTS {
-            let name = id.name(part);
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
+        let names = group.names_with(&PARTS);
         // Serials continue after every group seen, broken ones too.
         store.adopted(id, &[]);
         match adopt(group) {

@@ -611,13 +611,7 @@ pub(crate) fn adopt_all(store: &FdStore, groups: Vec<StoredGroup>) -> Vec<Handed
     let mut handed = Vec::with_capacity(groups.len());
     for group in groups {
         let id = group.id;
-        let mut names = group.names();
-        for part in PARTS {
-            let name = id.name(part);
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
+        let names = group.names_with(&PARTS);
         store.adopted(id, &[]);
         store.remove_names(names);
         match adopt(group) {
