@@ -825,6 +825,23 @@ impl Snapshot {
         if snapshot.held.len() > snapshot.config.window {
             return Err("snapshot holds more than its window".into());
         }
+        if snapshot
+            .acked
+            .checked_add(snapshot.held.len() as u64)
+            .is_none()
+        {
+            return Err("snapshot counts overflow".into());
+        }
+        if snapshot.fin_acked && !(snapshot.local_eof && snapshot.held.is_empty()) {
+            return Err("snapshot says its EOF was acknowledged with bytes still held".into());
+        }
+        if snapshot
+            .peer_fin
+            .is_some_and(|fin| fin < snapshot.delivered)
+            || (snapshot.shutdown_done && snapshot.peer_fin != Some(snapshot.delivered))
+        {
+            return Err("snapshot's end of the peer's stream does not match its count".into());
+        }
         Ok(snapshot)
     }
 
@@ -1062,5 +1079,28 @@ mod tests {
         assert!(restored.resume_from(client.received()).is_ok());
         assert!(format!("{:?}", restored.snapshot()).contains("held"));
         assert!(!format!("{restored:?}").contains(&format!("{:?}", restored.key().0)));
+    }
+
+    #[test]
+    fn snapshots_with_impossible_counts_are_refused() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/corpus/resume_handshake/"
+        );
+        let read = |name: &str| std::fs::read(format!("{dir}{name}")).expect(name);
+        let valid = Snapshot::decode(&read("snapshot-valid")).expect("valid");
+        assert_eq!((valid.generation(), valid.held()), (3, 25));
+        let restored = Session::restore(valid);
+        assert_eq!(restored.progress().sent, 1025);
+        assert_eq!(restored.received(), 2000);
+        assert!(Snapshot::decode(&read("snapshot-eof")).is_ok());
+        for (name, why) in [
+            ("snapshot-overflow", "overflow"),
+            ("snapshot-fin-before-delivered", "does not match"),
+            ("snapshot-over-window", "more than its window"),
+        ] {
+            let err = Snapshot::decode(&read(name)).expect_err(name);
+            assert!(err.contains(why), "{name}: {err}");
+        }
     }
 }
