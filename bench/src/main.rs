@@ -56,6 +56,7 @@ const CONCURRENCY: usize = 32;
 const SEED_UP: u64 = 0x5555_0000_1111_2222;
 const SEED_DOWN: u64 = 0x0F0F_3333_7777_9999;
 
+mod restart;
 mod resume;
 
 mod pattern {
@@ -862,7 +863,9 @@ fn start_haproxy(runner: SocketAddr, dir: &Path) -> Result<(Process, SocketAddr)
 /// `--client-bin PATH`, `--skip ssh,idle,...`; for the resumable-tunnel section
 /// `--resume-idle N`, `--vanish N`, `--breaks N`, `--resume-rounds N`, `--resume-kinds
 /// plain,plain-resumable,tls,tls-resumable` (`--skip resume` leaves it out,
-/// `--skip resume-bulk,resume-idle,resume-vanish,resume-stopped,resume-breaks` parts).
+/// `--skip resume-bulk,resume-idle,resume-vanish,resume-stopped,resume-breaks` parts);
+/// for the restart with the fd store `--restart-tunnels N`, `--restart-rounds N`
+/// (`--skip restart` leaves it out).
 struct Args {
     bulk_mb: u64,
     seq: usize,
@@ -880,6 +883,10 @@ struct Args {
     resume_rounds: usize,
     /// The kinds of tunnel that section runs (all when empty).
     resume_kinds: Vec<String>,
+    /// Open tunnels through each restart with the fd store.
+    restart_tunnels: usize,
+    /// Restarts, each on a fresh proxy.
+    restart_rounds: usize,
     targets: Vec<String>,
     skip: Vec<String>,
     proxy_bin: PathBuf,
@@ -906,6 +913,8 @@ fn parse_args() -> Result<Args> {
         breaks: 50,
         resume_rounds: 3,
         resume_kinds: Vec::new(),
+        restart_tunnels: 1000,
+        restart_rounds: 5,
         targets: [
             "direct",
             "ours",
@@ -938,6 +947,8 @@ fn parse_args() -> Result<Args> {
             "--breaks" => a.breaks = v.parse()?,
             "--resume-rounds" => a.resume_rounds = v.parse()?,
             "--resume-kinds" => a.resume_kinds = v.split(',').map(String::from).collect(),
+            "--restart-tunnels" => a.restart_tunnels = v.parse()?,
+            "--restart-rounds" => a.restart_rounds = v.parse()?,
             "--targets" => a.targets = v.split(',').map(String::from).collect(),
             "--skip" => a.skip = v.split(',').map(String::from).collect(),
             "--proxy-bin" => a.proxy_bin = v.into(),
@@ -1014,8 +1025,17 @@ async fn main() -> Result<()> {
         .prefix("hakuriver-bench-")
         .tempdir()?;
     let runner = Runner::start().await?;
-    let sshd = Sshd::start()?;
-    let db = BenchDb::create(&args.schema, runner.addr.port(), sshd.port())?;
+    // Only the ssh workload reaches the real sshd (its task's port is 0 otherwise).
+    let sshd = if run("ssh") {
+        Some(Sshd::start()?)
+    } else {
+        None
+    };
+    let db = BenchDb::create(
+        &args.schema,
+        runner.addr.port(),
+        sshd.as_ref().map_or(0, Sshd::port),
+    )?;
 
     let mut targets = Vec::new();
     let mut keep = Vec::new();
@@ -1238,7 +1258,7 @@ async fn main() -> Result<()> {
             );
         }
     }
-    if run("ssh") {
+    if let Some(sshd) = &sshd {
         let bytes = args.ssh_mb * 1_000_000;
         let mut paths: Vec<(&str, Option<SocketAddr>)> = vec![("direct", None)];
         if let Some(o) = &ours {
@@ -1252,7 +1272,7 @@ async fn main() -> Result<()> {
         let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         for round in 0..SSH_ROUNDS {
             for (name, proxy) in &paths {
-                let mbs = ssh_transfer(&sshd, &args.client_bin, *proxy, bytes)?;
+                let mbs = ssh_transfer(sshd, &args.client_bin, *proxy, bytes)?;
                 eprintln!("ssh {name} round {round}: {mbs:.0} MB/s");
                 samples.entry(name).or_default().push(mbs);
             }
@@ -1307,6 +1327,21 @@ async fn main() -> Result<()> {
             started.elapsed().as_secs_f64()
         );
         println!("\n### Resumable tunnels (issue 14)\n");
+        println!("{table}");
+    }
+    if run("restart") {
+        runner.release_all();
+        let started = Instant::now();
+        let table = restart::section(
+            &runner,
+            &args.proxy_bin,
+            db.path(),
+            args.restart_tunnels,
+            args.restart_rounds,
+        )
+        .await?;
+        eprintln!("restart section: {:.0} s", started.elapsed().as_secs_f64());
+        println!("\n### Restart with open tunnels (fd store)\n");
         println!("{table}");
     }
     Ok(())
