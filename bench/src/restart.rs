@@ -1,7 +1,7 @@
 //! The restart workload: open plain tunnels through `systemctl restart` with systemd's
 //! file-descriptor store (a SIGTERM, then the next process adopting the stored tunnels).
 //!
-//! Each round: a stand-in service manager ([`Manager`]) starts our proxy with the store
+//! Each round: a stand-in service manager starts our proxy with the store
 //! on; `n` plain tunnels are opened to the echoing runner with the raw protocol
 //! (`REQUEST_TUNNEL 1\n` → `SUCCESS\n`, as HakuRiver's Python client speaks it) and each
 //! echoes a probe. Then the old process gets SIGTERM and every tunnel at once a second
@@ -11,26 +11,21 @@
 //! `SUCCESS`, and everything is closed: every echo is checked byte for byte, and the
 //! new process's `tunnel closed` lines must carry both probes' bytes in both directions.
 //!
-//! # Why not the test suite's stand-in
-//! `hakuriver_ssh_tests::service_manager::ServiceManager` keeps its stored descriptors
-//! while it starts the next process, passes copies, and `ProxyBuilder` duplicates those
-//! once more to move them into place: 21 descriptors per tunnel in one process at that
-//! moment, 21,000 for 1,000 tunnels, over a hard `RLIMIT_NOFILE` of 20,000. [`Manager`]
-//! takes the same messages but hands its stored descriptors to the next process instead
-//! of keeping copies (systemd keeps them): 14 per tunnel at that moment. So each round
-//! restarts its proxy once; what the proxy does is the same.
+//! # Descriptors
+//! The stand-in is the test suite's (`hakuriver_ssh_tests::service_manager`), started
+//! with `start_handing_over`: it moves its stored descriptors to the next process
+//! instead of keeping copies (systemd keeps them outside our table). With copies, one
+//! process would hold 21 descriptors per tunnel at that moment (the store, the copies,
+//! `ProxyBuilder`'s own to move them into place), 21,000 for 1,000 tunnels, over a hard
+//! `RLIMIT_NOFILE` of 20,000; moved, 14. So each round restarts its proxy once.
 
-use std::io::IoSliceMut;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hakuriver_ssh_tests::proxy::{Proxy, ProxyBuilder, Signal};
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+use hakuriver_ssh_tests::proxy::{Proxy, Signal};
+use hakuriver_ssh_tests::service_manager::ServiceManager;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -49,181 +44,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// address: `max_connections_per_ip` must be above 0, so it is set far above the count).
 const CONFIG: &str = "[ssh_proxy]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n\
                       lookups_per_minute_per_ip = 0\n";
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-#[derive(Default)]
-struct Store {
-    /// `(FDNAME, fd)` in the order stored.
-    fds: Vec<(String, OwnedFd)>,
-    /// When each `READY=1` arrived.
-    ready: Vec<Instant>,
-    barrier: u64,
-}
-
-/// A stand-in for systemd: the notify socket (`READY=1`, `FDSTORE=1` with `FDNAME=`,
-/// `FDSTOREREMOVE=1`), the store, and the listening socket passed to each process as
-/// `plain` with the stored descriptors after it (`LISTEN_FDS`, `LISTEN_FDNAMES`,
-/// `LISTEN_PID` through `ProxyBuilder::passed_fds`).
-struct Manager {
-    _dir: tempfile::TempDir,
-    socket_path: PathBuf,
-    listener: std::net::TcpListener,
-    store: Arc<(Mutex<Store>, Condvar)>,
-    barriers: Mutex<u64>,
-}
-
-impl Manager {
-    fn new() -> Result<Manager> {
-        let dir = tempfile::Builder::new()
-            .prefix("hakuriver-bench-sm-")
-            .tempdir()?;
-        let socket_path = dir.path().join("notify.sock");
-        let socket = UnixDatagram::bind(&socket_path)?;
-        let store: Arc<(Mutex<Store>, Condvar)> = Arc::default();
-        let receiving = Arc::clone(&store);
-        std::thread::Builder::new()
-            .name("bench-service-manager".into())
-            .spawn(move || receive(&socket, &receiving))?;
-        Ok(Manager {
-            _dir: dir,
-            socket_path,
-            listener: std::net::TcpListener::bind("127.0.0.1:0")?,
-            store,
-            barriers: Mutex::new(0),
-        })
-    }
-
-    fn addr(&self) -> Result<std::net::SocketAddr> {
-        Ok(self.listener.local_addr()?)
-    }
-
-    /// Starts `builder`'s daemon with the notify socket, `FDSTORE=`, the listener and the
-    /// whole store (handed over: the store is empty afterwards). Returns the process
-    /// and when its `READY=1` arrived.
-    fn start(&self, builder: ProxyBuilder) -> Result<(Proxy, Instant)> {
-        let ready_before = lock(&self.store.0).ready.len();
-        let mut passed = vec![(
-            OwnedFd::from(self.listener.try_clone()?),
-            "plain".to_owned(),
-        )];
-        passed.extend(
-            std::mem::take(&mut lock(&self.store.0).fds)
-                .into_iter()
-                .map(|(name, fd)| (fd, name)),
-        );
-        let proxy = builder
-            .env("NOTIFY_SOCKET", &self.socket_path)
-            .env("FDSTORE", FDSTORE.to_string())
-            .passed_fds(passed)
-            .start()?;
-        let ready = self
-            .wait("READY=1", |s| s.ready.get(ready_before).copied())
-            .map_err(|e| e.context(format!("proxy log:\n{}", proxy.logs())))?;
-        Ok((proxy, ready))
-    }
-
-    /// Waits until every message sent so far was taken in (a marker datagram queued
-    /// behind them comes back).
-    fn sync(&self) -> Result<()> {
-        let n = {
-            let mut b = lock(&self.barriers);
-            *b += 1;
-            *b
-        };
-        UnixDatagram::unbound()?
-            .send_to(format!("X_BARRIER={n}\n").as_bytes(), &self.socket_path)?;
-        self.wait("the barrier message", |s| (s.barrier >= n).then_some(()))
-    }
-
-    fn stored(&self) -> usize {
-        lock(&self.store.0).fds.len()
-    }
-
-    fn wait<T>(&self, what: &str, done: impl Fn(&Store) -> Option<T>) -> Result<T> {
-        let until = Instant::now() + WAIT;
-        let (m, cond) = &*self.store;
-        let mut store = lock(m);
-        loop {
-            if let Some(v) = done(&store) {
-                return Ok(v);
-            }
-            let now = Instant::now();
-            if now >= until {
-                bail!("service manager: no {what} within {WAIT:?}");
-            }
-            store = cond
-                .wait_timeout(store, until - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        // Ends the receiving thread (and closes whatever is still stored).
-        if let Ok(s) = UnixDatagram::unbound() {
-            let _ = s.send_to(b"X_QUIT=1\n", &self.socket_path);
-        }
-    }
-}
-
-/// The notify socket's reader: one datagram at a time, with its descriptors.
-fn receive(socket: &UnixDatagram, store: &(Mutex<Store>, Condvar)) {
-    let mut data = vec![0u8; 64 * 1024];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(253))];
-    loop {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(&mut data)];
-        let Ok(msg) = rustix::net::recvmsg(
-            socket.as_fd(),
-            &mut iov,
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        ) else {
-            return;
-        };
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(passed) = message {
-                fds.extend(passed);
-            }
-        }
-        let text = String::from_utf8_lossy(&data[..msg.bytes]).into_owned();
-        let field = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-                .map(str::to_owned)
-        };
-        if field("X_QUIT").is_some() {
-            return;
-        }
-        let received = Instant::now();
-        let (m, cond) = store;
-        let mut s = lock(m);
-        if field("READY").as_deref() == Some("1") {
-            s.ready.push(received);
-        }
-        if let Some(n) = field("X_BARRIER").and_then(|n| n.parse().ok()) {
-            s.barrier = n;
-        }
-        if field("FDSTORE").as_deref() == Some("1") {
-            let name = field("FDNAME").unwrap_or_else(|| "stored".to_owned());
-            s.fds.extend(fds.drain(..).map(|fd| (name.clone(), fd)));
-        }
-        if field("FDSTOREREMOVE").as_deref() == Some("1") {
-            if let Some(name) = field("FDNAME") {
-                s.fds.retain(|(n, _)| *n != name);
-            }
-        }
-        // Descriptors sent without FDSTORE=1 are closed, as systemd does.
-        drop(fds);
-        cond.notify_all();
-    }
-}
 
 /// What one round measured.
 pub struct Round {
@@ -298,12 +118,12 @@ fn fd_limit(n: usize) -> Result<()> {
 /// One round: `n` tunnels, one restart. See the module comment.
 async fn round(runner: &Runner, bin: &Path, db: &Path, n: usize, round: usize) -> Result<Round> {
     runner.set_mode(Mode::Echo);
-    let manager = Arc::new(Manager::new()?);
+    let manager = Arc::new(ServiceManager::new(Some(FDSTORE))?);
     let builder = |db: &Path| Proxy::builder(db).program(bin).quiet().config(CONFIG);
-    let (old, _) = manager.start(builder(db))?;
+    let (old, _) = manager.start_handing_over(builder(db))?;
     let target = Target {
         name: "ours",
-        addr: manager.addr()?,
+        addr: manager.addr(),
         protocol: true,
         tls: None,
         pid: Some(old.pid()),
@@ -342,10 +162,10 @@ async fn round(runner: &Runner, bin: &Path, db: &Path, n: usize, round: usize) -
         }
     }
     manager.sync()?;
-    if manager.stored() != PER_TUNNEL * n {
+    if manager.stored_count() != PER_TUNNEL * n {
         bail!(
             "{} descriptors in the store for {n} tunnels",
-            manager.stored()
+            manager.stored_count()
         );
     }
 
@@ -392,7 +212,7 @@ async fn round(runner: &Runner, bin: &Path, db: &Path, n: usize, round: usize) -
     let starting = tokio::task::spawn_blocking(move || {
         restarting.sync()?;
         let spawned = Instant::now();
-        let (new, ready) = restarting.start(builder)?;
+        let (new, ready) = restarting.start_handing_over(builder)?;
         Ok::<_, anyhow::Error>((new, spawned, ready))
     });
     write_probes(&mut writers, round, 2).await?;
@@ -485,8 +305,8 @@ async fn round(runner: &Runner, bin: &Path, db: &Path, n: usize, round: usize) -
         bail!("new process: {status}");
     }
     manager.sync()?;
-    if manager.stored() != 0 {
-        bail!("{} descriptors left in the store", manager.stored());
+    if manager.stored_count() != 0 {
+        bail!("{} descriptors left in the store", manager.stored_count());
     }
     runner.release_all();
     Ok(Round {

@@ -34,7 +34,8 @@ pub const MANAGER_TIMEOUT: Duration = Duration::from_secs(30);
 struct Store {
     /// `(FDNAME, fd)` in the order stored (systemd passes them back in that order).
     fds: Vec<(String, OwnedFd)>,
-    ready: usize,
+    /// When each `READY=1` arrived.
+    ready: Vec<Instant>,
     stopping: usize,
     barrier: u64,
     /// Every message received, as text.
@@ -102,14 +103,38 @@ impl ServiceManager {
     /// Starts `builder`'s daemon as the service: notify socket, `FDSTORE=`, the listening
     /// socket and the whole store passed. Waits for its `READY=1` (the `n`-th one).
     pub fn start(&self, builder: ProxyBuilder) -> Result<Proxy> {
-        let ready_before = lock(&self.store.0).ready;
+        let stored = lock(&self.store.0)
+            .fds
+            .iter()
+            .map(|(name, fd)| Ok((fd.try_clone()?, name.clone())))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(self.start_passing(builder, stored)?.0)
+    }
+
+    /// [`ServiceManager::start`], but the store's descriptors are moved to the process,
+    /// not copied: systemd keeps them outside the test's descriptor table, so with
+    /// thousands stored a test process cannot hold a copy of each as well. The store is
+    /// empty afterwards (what the daemon stores again comes back). Returns when the
+    /// process's `READY=1` arrived, too.
+    pub fn start_handing_over(&self, builder: ProxyBuilder) -> Result<(Proxy, Instant)> {
+        let stored = std::mem::take(&mut lock(&self.store.0).fds)
+            .into_iter()
+            .map(|(name, fd)| (fd, name))
+            .collect();
+        self.start_passing(builder, stored)
+    }
+
+    fn start_passing(
+        &self,
+        builder: ProxyBuilder,
+        stored: Vec<(OwnedFd, String)>,
+    ) -> Result<(Proxy, Instant)> {
+        let ready_before = lock(&self.store.0).ready.len();
         let mut passed = vec![(
             OwnedFd::from(self.listener.try_clone()?),
             self.listener_name.to_owned(),
         )];
-        for (name, fd) in &lock(&self.store.0).fds {
-            passed.push((fd.try_clone()?, name.clone()));
-        }
+        passed.extend(stored);
         let mut builder = builder
             .env("NOTIFY_SOCKET", &self.socket_path)
             .passed_fds(passed);
@@ -117,9 +142,10 @@ impl ServiceManager {
             builder = builder.env("FDSTORE", n.to_string());
         }
         let proxy = builder.start()?;
-        self.wait(MANAGER_TIMEOUT, "READY=1", |s| s.ready > ready_before)
+        self.wait(MANAGER_TIMEOUT, "READY=1", |s| s.ready.len() > ready_before)
             .map_err(|e| e.context(format!("proxy log:\n{}", proxy.logs())))?;
-        Ok(proxy)
+        let ready = lock(&self.store.0).ready[ready_before];
+        Ok((proxy, ready))
     }
 
     /// Stops `proxy` with `signal` (SIGTERM: `systemctl restart`; SIGKILL: a crash),
@@ -159,7 +185,12 @@ impl ServiceManager {
 
     /// `READY=1` messages so far.
     pub fn ready_count(&self) -> usize {
-        lock(&self.store.0).ready
+        lock(&self.store.0).ready.len()
+    }
+
+    /// Descriptors in the store now.
+    pub fn stored_count(&self) -> usize {
+        lock(&self.store.0).fds.len()
     }
 
     /// `STOPPING=1` messages so far.
@@ -222,7 +253,7 @@ fn receive(socket: &UnixDatagram, store: &(Mutex<Store>, Condvar)) {
         let (m, cond) = store;
         let mut s = lock(m);
         if field("READY").as_deref() == Some("1") {
-            s.ready += 1;
+            s.ready.push(Instant::now());
         }
         if field("STOPPING").as_deref() == Some("1") {
             s.stopping += 1;
