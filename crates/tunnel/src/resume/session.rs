@@ -1059,23 +1059,31 @@ mod tests {
             .await
             .expect("w");
         client_app.write_all(b"hello from ssh").await.expect("w");
-        // A leg whose far end never reads: the host's bytes stay unacknowledged.
         let (mut leg_c, mut leg_h) = tokio::io::duplex(64 * 1024);
+        // Relay until both directions arrived (the snapshot is taken after, so its counts
+        // cover what the client got; whether the last ACK came back does not matter).
         let mut buf = [0u8; 14];
-        tokio::select! {
-            _ = host.run(&mut host_local, &mut leg_h) => panic!("host ended"),
-            _ = client.run(&mut client_local, &mut leg_c) => panic!("client ended"),
-            r = host_app.read_exact(&mut buf) => { r.expect("read"); }
-        }
+        let mut got = [0u8; 21];
+        let both = async {
+            host_app.read_exact(&mut buf).await.expect("read");
+            client_app.read_exact(&mut got).await.expect("read");
+        };
+        tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::select! {
+                _ = host.run(&mut host_local, &mut leg_h) => panic!("host ended"),
+                _ = client.run(&mut client_local, &mut leg_c) => panic!("client ended"),
+                () = both => {}
+            }
+        })
+        .await
+        .expect("both directions within 30 s");
         assert_eq!(&buf, b"hello from ssh");
+        assert_eq!(&got, b"hello from the runner");
         let snapshot = Snapshot::decode(&host.snapshot().encode()).expect("decode");
         let mut restored = Session::restore(snapshot);
         assert_eq!(restored.received(), 14);
         assert_eq!(restored.generation, 0);
-        // The client got the runner's bytes already: nothing to replay, counts agree.
-        let mut got = [0u8; 21];
-        client_app.read_exact(&mut got).await.expect("read");
-        assert_eq!(&got, b"hello from the runner");
+        // The client has the runner's bytes: the restored host resumes from its count.
         assert!(restored.resume_from(client.received()).is_ok());
         assert!(format!("{:?}", restored.snapshot()).contains("held"));
         assert!(!format!("{restored:?}").contains(&format!("{:?}", restored.key().0)));
