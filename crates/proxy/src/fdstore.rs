@@ -409,15 +409,27 @@ impl StateFile {
 
     /// The record (the first JSON value in the file).
     pub fn read<T: DeserializeOwned>(&self) -> io::Result<T> {
+        let bytes = self.bytes(1 << 20)?;
+        serde_json::Deserializer::from_slice(&bytes)
+            .into_iter::<T>()
+            .next()
+            .unwrap_or_else(|| Err(serde::de::Error::custom("empty state record")))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The whole file, read by position (the offset is shared with every other
+    /// descriptor of it); refused when longer than `max` bytes.
+    pub fn bytes(&self, max: usize) -> io::Result<Vec<u8>> {
         let size = rustix::fs::fstat(&self.fd)?.st_size;
-        let size =
-            usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-        if size > 1 << 20 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "state record larger than 1 MiB",
-            ));
-        }
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{size} bytes, more than {max}"),
+                )
+            })?;
         let mut bytes = vec![0u8; size];
         let mut read = 0;
         while read < size {
@@ -429,11 +441,7 @@ impl StateFile {
             }
         }
         bytes.truncate(read);
-        serde_json::Deserializer::from_slice(&bytes)
-            .into_iter::<T>()
-            .next()
-            .unwrap_or_else(|| Err(serde::de::Error::custom("empty state record")))
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        Ok(bytes)
     }
 }
 
@@ -453,26 +461,6 @@ pub fn memfd_with(
     let mut file = std::fs::File::from(fd);
     write(&mut file)?;
     Ok(file.into())
-}
-
-/// The whole content of a passed memfd (a regular file), from its start, refused when
-/// longer than `max`.
-pub fn read_memfd(fd: OwnedFd, max: usize) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let file = StateFile::adopt(fd)?;
-    let size = rustix::fs::fstat(&file.fd)?.st_size;
-    if usize::try_from(size).map_or(true, |n| n > max) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{size} bytes, more than {max}"),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    // The offset is shared with the writer's descriptor (at its end): read by position.
-    let mut reader = std::fs::File::from(file.fd);
-    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))?;
-    reader.take(max as u64).read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// A stored socket that must be a connected TCP socket; made non-blocking.

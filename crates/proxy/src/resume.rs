@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -398,7 +397,7 @@ pub(crate) async fn run(
     if matches!(end, End::HandedOver) {
         // The store holds the runner socket now: no shutdown, which would end it there
         // too. The client's connection closes; the client resumes on the next process.
-        state.handed_over.fetch_add(1, Ordering::Relaxed);
+        state.count_handover();
         return;
     }
     let duration_ms = now_unix_ms().saturating_sub(meta.started_unix_ms);
@@ -592,7 +591,8 @@ fn adopt(mut group: StoredGroup) -> Result<Handed, String> {
     let record: ResumableRecord = StateFile::adopt(record)
         .and_then(|f| f.read())
         .map_err(|e| format!("{STATE}: {e}"))?;
-    let snapshot = fdstore::read_memfd(snapshot, MAX_SNAPSHOT)
+    let snapshot = StateFile::adopt(snapshot)
+        .and_then(|f| f.bytes(MAX_SNAPSHOT))
         .map_err(|e| e.to_string())
         .and_then(|bytes| Snapshot::decode(&bytes))
         .map_err(|e| format!("{SESSION}: {e}"))?;

@@ -202,7 +202,7 @@ pub struct ProxyState {
     trusted_proxies: Vec<Cidr>,
     fd_store: FdStore,
     handing_over: AtomicBool,
-    pub(crate) handed_over: AtomicU64,
+    handed_over: AtomicU64,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -252,6 +252,11 @@ impl ProxyState {
     /// Whether shutdown is a handover (see [`ProxyState::hand_over`]).
     pub fn handing_over(&self) -> bool {
         self.handing_over.load(Ordering::Relaxed)
+    }
+
+    /// Counts one tunnel left in the fd store for the next process.
+    pub(crate) fn count_handover(&self) {
+        self.handed_over.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Tunnels left in the fd store for the next process by this one's handover.
@@ -460,7 +465,7 @@ async fn relay_own_pipes(slot: Slot, mut tunnel: OwnPipesTunnel, force: Cancella
             record.handovers += 1;
             match kept.state.write(&*record) {
                 Ok(()) => {
-                    state.handed_over.fetch_add(1, Ordering::Relaxed);
+                    state.count_handover();
                     debug!(task_id = %record.task_id, peer = %record.peer, group = %kept.id, bytes_up = record.bytes_up, bytes_down = record.bytes_down, "tunnel handed over to the next start");
                 }
                 // The tunnel survives; only its counts start again from the last write.

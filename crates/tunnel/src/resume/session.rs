@@ -784,7 +784,8 @@ pub struct Snapshot {
 impl Snapshot {
     /// `u32` header length, the header as JSON, then the held bytes raw.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail (nor can the header's JSON).
         let _ = self.write_to(&mut out);
         out
     }
@@ -795,11 +796,6 @@ impl Snapshot {
         w.write_all(&(header.len() as u32).to_be_bytes())?;
         w.write_all(&header)?;
         w.write_all(&self.held)
-    }
-
-    /// About how long [`Snapshot::encode`] is.
-    pub fn encoded_len(&self) -> usize {
-        4 + 512 + self.held.len()
     }
 
     /// Resumes accepted before it was taken.
